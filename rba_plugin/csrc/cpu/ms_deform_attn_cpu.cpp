@@ -1,0 +1,243 @@
+// CPU kernels of multi-scale deformable attention (forward and backward), float32 and float64.
+//
+// Forward parallelises over (batch, query) rows: every row writes its own output slice.
+// Backward parallelises over (batch, head) pairs, and over query chunks with private
+// grad_value buffers when there are fewer pairs than threads: two queries of the same head can
+// sample the same value pixel, so grad_value may only be shared by one thread at a time. That
+// keeps the backward free of atomics and deterministic for a fixed thread count.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "../ms_deform_attn.h"
+
+namespace rba_plugin {
+namespace {
+
+// The four bilinear corners of one sampling point on one level of one head.
+// offset[c] is the element offset of corner c inside value (head and batch already applied),
+// weight[c] its bilinear weight, or 0 when the corner lies outside the map.
+template <typename scalar_t>
+struct BilinearCorners {
+  int64_t offset[4];
+  scalar_t weight[4];
+  bool valid[4];
+  // Fractions used by the location gradient.
+  scalar_t lh, lw, hh, hw;
+};
+
+// Returns false when the point is entirely outside the map (the sample is zero).
+template <typename scalar_t>
+inline bool bilinear_corners(scalar_t loc_x, scalar_t loc_y, int64_t height, int64_t width,
+                             int64_t base, int64_t row_stride, BilinearCorners<scalar_t>& c) {
+  const scalar_t h = loc_y * static_cast<scalar_t>(height) - scalar_t(0.5);
+  const scalar_t w = loc_x * static_cast<scalar_t>(width) - scalar_t(0.5);
+  if (!(h > scalar_t(-1) && w > scalar_t(-1) && h < static_cast<scalar_t>(height) &&
+        w < static_cast<scalar_t>(width))) {
+    return false;
+  }
+  const int64_t h_low = static_cast<int64_t>(std::floor(h));
+  const int64_t w_low = static_cast<int64_t>(std::floor(w));
+  const int64_t h_high = h_low + 1;
+  const int64_t w_high = w_low + 1;
+  c.lh = h - static_cast<scalar_t>(h_low);
+  c.lw = w - static_cast<scalar_t>(w_low);
+  c.hh = scalar_t(1) - c.lh;
+  c.hw = scalar_t(1) - c.lw;
+  const bool top = h_low >= 0, bottom = h_high <= height - 1;
+  const bool left = w_low >= 0, right = w_high <= width - 1;
+  c.valid[0] = top && left;
+  c.valid[1] = top && right;
+  c.valid[2] = bottom && left;
+  c.valid[3] = bottom && right;
+  c.offset[0] = base + (h_low * width + w_low) * row_stride;
+  c.offset[1] = base + (h_low * width + w_high) * row_stride;
+  c.offset[2] = base + (h_high * width + w_low) * row_stride;
+  c.offset[3] = base + (h_high * width + w_high) * row_stride;
+  c.weight[0] = c.valid[0] ? c.hh * c.hw : scalar_t(0);
+  c.weight[1] = c.valid[1] ? c.hh * c.lw : scalar_t(0);
+  c.weight[2] = c.valid[2] ? c.lh * c.hw : scalar_t(0);
+  c.weight[3] = c.valid[3] ? c.lh * c.lw : scalar_t(0);
+  return true;
+}
+
+struct Dims {
+  int64_t batch, num_value, heads, channels, queries, levels, points;
+};
+
+Dims dims_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
+  return Dims{value.size(0), value.size(1), value.size(2), value.size(3),
+              sampling_locations.size(1), sampling_locations.size(3), sampling_locations.size(4)};
+}
+
+void check_cpu_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                      const at::Tensor& attention_weights) {
+  TORCH_CHECK(value.dim() == 4 && sampling_locations.dim() == 6 && attention_weights.dim() == 5,
+              "ms_deform_attn: unexpected ranks");
+  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong &&
+                  level_start_index.scalar_type() == at::kLong,
+              "ms_deform_attn: spatial_shapes and level_start_index must be int64");
+  TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
+                  attention_weights.scalar_type() == value.scalar_type(),
+              "ms_deform_attn: value, sampling_locations and attention_weights must share a dtype");
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_cpu_forward(const at::Tensor& value_in, const at::Tensor& shapes_in,
+                                      const at::Tensor& starts_in, const at::Tensor& locations_in,
+                                      const at::Tensor& weights_in) {
+  check_cpu_inputs(value_in, shapes_in, starts_in, locations_in, weights_in);
+  const at::Tensor value = value_in.contiguous();
+  const at::Tensor shapes = shapes_in.contiguous();
+  const at::Tensor starts = starts_in.contiguous();
+  const at::Tensor locations = locations_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous();
+  const Dims d = dims_of(value, locations);
+  at::Tensor output = at::zeros({d.batch, d.queries, d.heads * d.channels}, value.options());
+  if (output.numel() == 0) {
+    return output;
+  }
+  const int64_t* shape_ptr = shapes.data_ptr<int64_t>();
+  const int64_t* start_ptr = starts.data_ptr<int64_t>();
+
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
+    const scalar_t* value_ptr = value.data_ptr<scalar_t>();
+    const scalar_t* loc_ptr = locations.data_ptr<scalar_t>();
+    const scalar_t* attn_ptr = weights.data_ptr<scalar_t>();
+    scalar_t* out_ptr = output.data_ptr<scalar_t>();
+    const int64_t row_stride = d.heads * d.channels;  // elements between two value tokens
+    // Grain: enough rows per task to amortise scheduling, small enough to balance.
+    at::parallel_for(0, d.batch * d.queries, 16, [&](int64_t begin, int64_t end) {
+      BilinearCorners<scalar_t> c;
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / d.queries;
+        for (int64_t m = 0; m < d.heads; ++m) {
+          scalar_t* out = out_ptr + row * row_stride + m * d.channels;
+          const int64_t sample0 = (row * d.heads + m) * d.levels * d.points;
+          for (int64_t l = 0; l < d.levels; ++l) {
+            const int64_t height = shape_ptr[2 * l], width = shape_ptr[2 * l + 1];
+            const int64_t base = (n * d.num_value + start_ptr[l]) * row_stride + m * d.channels;
+            for (int64_t p = 0; p < d.points; ++p) {
+              const int64_t sample = sample0 + l * d.points + p;
+              if (!bilinear_corners(loc_ptr[2 * sample], loc_ptr[2 * sample + 1], height, width,
+                                    base, row_stride, c)) {
+                continue;
+              }
+              const scalar_t attn = attn_ptr[sample];
+              for (int k = 0; k < 4; ++k) {
+                if (!c.valid[k]) continue;
+                const scalar_t cw = attn * c.weight[k];
+                const scalar_t* v = value_ptr + c.offset[k];
+                for (int64_t ch = 0; ch < d.channels; ++ch) {
+                  out[ch] += cw * v[ch];
+                }
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  return output;
+}
+
+std::vector<at::Tensor> ms_deform_attn_cpu_backward(
+    const at::Tensor& value_in, const at::Tensor& shapes_in, const at::Tensor& starts_in,
+    const at::Tensor& locations_in, const at::Tensor& weights_in, const at::Tensor& grad_out_in) {
+  check_cpu_inputs(value_in, shapes_in, starts_in, locations_in, weights_in);
+  const at::Tensor value = value_in.contiguous();
+  const at::Tensor shapes = shapes_in.contiguous();
+  const at::Tensor starts = starts_in.contiguous();
+  const at::Tensor locations = locations_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const Dims d = dims_of(value, locations);
+  TORCH_CHECK(grad_out.numel() == d.batch * d.queries * d.heads * d.channels,
+              "ms_deform_attn backward: grad_output has the wrong number of elements");
+
+  at::Tensor grad_locations = at::zeros_like(locations);
+  at::Tensor grad_weights = at::zeros_like(weights);
+  const int64_t pairs = d.batch * d.heads;
+  if (pairs == 0 || d.queries == 0) {
+    return {at::zeros_like(value), grad_locations, grad_weights};
+  }
+  // Split queries into chunks only when (batch, head) pairs cannot keep every thread busy.
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks =
+      pairs >= threads ? 1 : std::min<int64_t>(d.queries, (threads + pairs - 1) / pairs);
+  // chunks x N x S x M x D; chunk c accumulates the gradient of its own queries.
+  at::Tensor grad_value_parts = at::zeros({chunks, d.batch, d.num_value, d.heads, d.channels},
+                                          value.options());
+  const int64_t* shape_ptr = shapes.data_ptr<int64_t>();
+  const int64_t* start_ptr = starts.data_ptr<int64_t>();
+  const int64_t chunk_len = (d.queries + chunks - 1) / chunks;
+
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
+    const scalar_t* value_ptr = value.data_ptr<scalar_t>();
+    const scalar_t* loc_ptr = locations.data_ptr<scalar_t>();
+    const scalar_t* attn_ptr = weights.data_ptr<scalar_t>();
+    const scalar_t* gout_ptr = grad_out.data_ptr<scalar_t>();
+    scalar_t* gval_base = grad_value_parts.data_ptr<scalar_t>();
+    scalar_t* gloc_ptr = grad_locations.data_ptr<scalar_t>();
+    scalar_t* gattn_ptr = grad_weights.data_ptr<scalar_t>();
+    const int64_t row_stride = d.heads * d.channels;
+    const int64_t part_size = d.batch * d.num_value * row_stride;
+
+    at::parallel_for(0, pairs * chunks, 1, [&](int64_t begin, int64_t end) {
+      BilinearCorners<scalar_t> c;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t chunk = task % chunks;
+        const int64_t pair = task / chunks;
+        const int64_t n = pair / d.heads, m = pair % d.heads;
+        scalar_t* gval_ptr = gval_base + chunk * part_size;
+        const int64_t q_end = std::min(d.queries, (chunk + 1) * chunk_len);
+        for (int64_t q = chunk * chunk_len; q < q_end; ++q) {
+          const int64_t row = n * d.queries + q;
+          const scalar_t* gout = gout_ptr + row * row_stride + m * d.channels;
+          const int64_t sample0 = (row * d.heads + m) * d.levels * d.points;
+          for (int64_t l = 0; l < d.levels; ++l) {
+            const int64_t height = shape_ptr[2 * l], width = shape_ptr[2 * l + 1];
+            const int64_t base = (n * d.num_value + start_ptr[l]) * row_stride + m * d.channels;
+            for (int64_t p = 0; p < d.points; ++p) {
+              const int64_t sample = sample0 + l * d.points + p;
+              if (!bilinear_corners(loc_ptr[2 * sample], loc_ptr[2 * sample + 1], height, width,
+                                    base, row_stride, c)) {
+                continue;
+              }
+              const scalar_t attn = attn_ptr[sample];
+              // d(sample)/d(lw) and d(sample)/d(lh) per corner, from
+              // sample = hh*hw*v0 + hh*lw*v1 + lh*hw*v2 + lh*lw*v3.
+              const scalar_t dw[4] = {-c.hh, c.hh, -c.lh, c.lh};
+              const scalar_t dh[4] = {-c.hw, -c.lw, c.hw, c.lw};
+              scalar_t g_attn = 0, g_w = 0, g_h = 0;
+              for (int k = 0; k < 4; ++k) {
+                if (!c.valid[k]) continue;
+                const scalar_t* v = value_ptr + c.offset[k];
+                scalar_t* gv = gval_ptr + c.offset[k];
+                const scalar_t cw = attn * c.weight[k];
+                scalar_t dot = 0;
+                for (int64_t ch = 0; ch < d.channels; ++ch) {
+                  dot += gout[ch] * v[ch];
+                  gv[ch] += cw * gout[ch];
+                }
+                g_attn += c.weight[k] * dot;
+                g_w += dw[k] * dot;
+                g_h += dh[k] * dot;
+              }
+              gattn_ptr[sample] = g_attn;
+              gloc_ptr[2 * sample] = attn * g_w * static_cast<scalar_t>(width);
+              gloc_ptr[2 * sample + 1] = attn * g_h * static_cast<scalar_t>(height);
+            }
+          }
+        }
+      }
+    });
+  });
+  at::Tensor grad_value = chunks == 1 ? grad_value_parts[0] : grad_value_parts.sum(0);
+  return {grad_value, grad_locations, grad_weights};
+}
+
+}  // namespace rba_plugin
