@@ -5,8 +5,11 @@
 // Backward: one warp per (batch, query, head); lanes stride over channels, the location and
 // attention-weight gradients are reduced with warp shuffles, and grad_value is accumulated
 // with atomics because queries of one head can sample the same value pixel.
-#include <ATen/cuda/CUDAContext.h>
+// Only c10's CUDA headers: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers that a
+// bare nvcc toolkit does not ship.
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../ms_deform_attn.h"
 
@@ -195,7 +198,7 @@ at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value_in, const at::Ten
   if (output.numel() == 0) {
     return output;
   }
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cuda_forward", [&] {
     forward_kernel<scalar_t><<<blocks_for(output.numel()), kThreads, 0, stream>>>(
         value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
@@ -229,7 +232,7 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward(
   if (warps == 0) {
     return {grad_value, grad_locations, grad_weights};
   }
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cuda_backward", [&] {
     backward_kernel<scalar_t><<<blocks_for(warps * kWarp), kThreads, 0, stream>>>(
         value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
