@@ -18,6 +18,11 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
 
 def add_anomaly_data_config(cfg: CfgNode) -> None:
     """Anomaly datasets, outlier pasting and OOD evaluation keys."""
+    # Outlier pasting (names from RbA so its released configs merge).
+    cfg.INPUT.OOD_LABEL = 254  # label of pasted outlier pixels; excluded from class masks
+    cfg.INPUT.OOD_PROB = 0.1  # p_out: probability that a training image gets an outlier
+    cfg.INPUT.COCO_ROOT = "coco"  # outlier pool root, relative to $DETECTRON2_DATASETS
+    cfg.INPUT.COCO_PROXY_SIZE = 300  # size of the fixed, seeded proxy subset of the pool
 
 
 def get_cfg() -> CfgNode:
