@@ -118,8 +118,15 @@ class OutlierPaster:
         target = rng.uniform(*self.scale_range) * min(h, w)
         factor = min(target / max(mask.shape), h / mask.shape[0], w / mask.shape[1])
         new_h, new_w = max(1, int(round(mask.shape[0] * factor))), max(1, int(round(mask.shape[1] * factor)))
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        # Resize colour premultiplied by the mask so the object's edge does not take on the colour
+        # of the pool image's background.
+        weight = mask.astype(np.float32)
+        weighted = cv2.resize(rgb.astype(np.float32) * weight[..., None], (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        weight = cv2.resize(weight, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        mask = weight >= 0.5
+        if not mask.any():  # an object shrunk below one pixel keeps its strongest pixel
+            mask = weight >= weight.max()
+        rgb = np.clip(np.rint(weighted / np.maximum(weight, 1e-6)[..., None]), 0, 255).astype(image.dtype)
         top = int(rng.integers(0, h - new_h + 1))
         left = int(rng.integers(0, w - new_w + 1))
         image = image.copy()
