@@ -210,3 +210,24 @@ def test_best_f1_threshold_and_spill_to_disk(tmp_path):
     assert a["component_threshold"] == float(best)
     on_disk.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_float16_quantisation_matches_numpy_and_nan_is_rejected():
+    import torch
+
+    from rba_plugin.evaluation.anomaly_metrics import to_float16
+
+    x = np.random.default_rng(0).normal(size=100000).astype(np.float32) * np.float32(3e4)
+    x[:8] = [np.inf, -np.inf, 7e4, 65520, 65519, -0.0, 1e-8, 3e-8]  # overflow, ties, subnormals
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).view(np.uint16)
+        assert np.array_equal(to_float16(x).view(np.uint16), expected)
+        assert np.array_equal(to_float16(torch.from_numpy(x)).view(np.uint16), expected)
+    metrics = AnomalyMetrics(with_components=False)
+    score = np.zeros((3, 3), np.float32)
+    score[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.update(score, np.zeros((3, 3), np.uint8))
+    score[1, 1] = np.nan
+    label = np.full((3, 3), 255, np.uint8)  # NaN on void pixels is ignored like any void score
+    metrics.update(score, label)

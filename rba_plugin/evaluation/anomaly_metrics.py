@@ -4,12 +4,30 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+import torch
 
 from .components import TAUS, ComponentStats, frame_component_scores
 from .pixel_histogram import PixelHistogram
 from .score_cache import ScoreMapCache
 
-__all__ = ["AnomalyMetrics", "to_numpy"]
+__all__ = ["AnomalyMetrics", "to_numpy", "to_float16"]
+
+
+def to_float16(score) -> np.ndarray:
+    """A score (tensor or array) quantised to float16 numpy (round to nearest even).
+
+    float32 goes through torch's conversion (faster than numpy's, bit-identical); other dtypes
+    through numpy (float64 directly, avoiding a double rounding via float32).
+    """
+    if hasattr(score, "detach"):
+        score = score.detach()
+        if score.dtype in (torch.float16, torch.float32):
+            return score.to(dtype=torch.float16).cpu().numpy()
+        score = to_numpy(score)
+    score = np.asarray(score)
+    if score.dtype == np.float32:
+        return torch.from_numpy(np.ascontiguousarray(score)).to(dtype=torch.float16).numpy()
+    return score.astype(np.float16)
 
 
 def to_numpy(array) -> np.ndarray:
@@ -59,13 +77,13 @@ class AnomalyMetrics:
         self.cache = ScoreMapCache(cache_memory_bytes, tmp_root) if with_components else None
 
     def update(self, score, label) -> None:
-        score = to_numpy(score)
+        score16 = to_float16(score)  # quantised once for both passes
         label = to_numpy(label)
-        if score.ndim != 2 or score.shape != label.shape:
-            raise ValueError(f"expected H x W score and label of one shape, got {score.shape} and {label.shape}")
-        self.histogram.update(score, label)
+        if score16.ndim != 2 or score16.shape != label.shape:
+            raise ValueError(f"expected H x W score and label of one shape, got {score16.shape} and {label.shape}")
+        self.histogram.update(score16, label)
         if self.cache is not None:
-            self.cache.add(score, label)
+            self.cache.add(score16, label)
 
     def merge(self, other: "AnomalyMetrics") -> None:
         """Adds another accumulator's frames (histogram sums, cached maps appended)."""

@@ -18,19 +18,31 @@ __all__ = ["PixelHistogram", "PixelCurves", "float16_sort_key", "key_to_float16"
 
 NUM_KEYS = 1 << 16
 _SIGN = np.uint16(0x8000)
+# Offset of each label value in the joint (class, key) index: 0 -> in-distribution block,
+# 1 -> anomaly block, 255 -> void block, any other value -> a block that must stay empty.
+_CLASS_OFFSET = np.full(256, 3 * NUM_KEYS, dtype=np.int32)
+_CLASS_OFFSET[0], _CLASS_OFFSET[1], _CLASS_OFFSET[255] = 0, NUM_KEYS, 2 * NUM_KEYS
+
+
+def _build_key_table() -> np.ndarray:
+    bits = np.arange(NUM_KEYS, dtype=np.uint32).astype(np.uint16)
+    negative = (bits & _SIGN) != 0
+    keys = np.where(negative, ~bits, bits | _SIGN).astype(np.uint16)
+    keys[0x8000] = keys[0x0000]  # -0 shares +0's bin (they compare equal)
+    return keys
+
+
+# Order-preserving key of every float16 bit pattern: positive numbers get the sign bit set,
+# negative ones have all bits flipped. NaN patterns land above +inf's key or below -inf's.
+_KEY_TABLE = _build_key_table()
+_KEY_TABLE_INT32 = _KEY_TABLE.astype(np.int32)
+_KEY_POS_INF = int(_KEY_TABLE[0x7C00])
+_KEY_NEG_INF = int(_KEY_TABLE[0xFC00])
 
 
 def float16_sort_key(score: np.ndarray) -> np.ndarray:
-    """Order-preserving uint16 key of float16 values: key(a) < key(b) iff a < b.
-
-    Positive numbers get the sign bit set, negative numbers have all bits flipped; -0 is folded
-    onto +0 so that the two zeros share one bin (they compare equal). NaN is rejected by callers.
-    """
-    s16 = np.asarray(score, dtype=np.float16)
-    s16 = np.where(s16 == 0, np.float16(0), s16)  # -0 -> +0
-    bits = s16.view(np.uint16)
-    negative = (bits & _SIGN) != 0
-    return np.where(negative, ~bits, bits | _SIGN).astype(np.uint16)
+    """Order-preserving uint16 key of float16 values: key(a) < key(b) iff a < b (-0 == +0)."""
+    return _KEY_TABLE[np.asarray(score, dtype=np.float16).view(np.uint16)]
 
 
 def key_to_float16(key: np.ndarray) -> np.ndarray:
@@ -83,16 +95,22 @@ class PixelHistogram:
         label = np.asarray(label)
         if score.shape != label.shape:
             raise ValueError(f"score shape {score.shape} differs from label shape {label.shape}")
-        valid = label != 255
-        values = np.unique(label[valid]) if valid.any() else np.array([], dtype=label.dtype)
-        if not np.isin(values, (0, 1)).all():
-            raise ValueError(f"label values must be 0, 1 or 255; got {sorted(values.tolist())}")
-        s = score[valid]
-        if np.isnan(s).any():
+        if label.dtype != np.uint8:
+            if label.size and (label.min() < 0 or label.max() > 255):
+                raise ValueError(f"label values must be 0, 1 or 255; got values in [{label.min()}, {label.max()}]")
+            label = label.astype(np.uint8)
+        # One bincount over key + 65536 * block (in-distribution, anomaly, void, invalid) avoids
+        # gathering the valid pixels first.
+        index = _KEY_TABLE_INT32[np.asarray(score, dtype=np.float16).view(np.uint16)]
+        index += _CLASS_OFFSET[label]
+        counts = np.bincount(index.ravel(), minlength=4 * NUM_KEYS)
+        if counts[3 * NUM_KEYS:].any():
+            bad = sorted(set(np.unique(label).tolist()) - {0, 1, 255})
+            raise ValueError(f"label values must be 0, 1 or 255; got {bad}")
+        counts = counts[: 2 * NUM_KEYS].reshape(2, NUM_KEYS)
+        if counts[:, _KEY_POS_INF + 1:].any() or counts[:, :_KEY_NEG_INF].any():
             raise ValueError("anomaly score contains NaN")
-        keys = float16_sort_key(s).astype(np.int64)
-        keys += label[valid].astype(np.int64) * NUM_KEYS
-        self.counts += np.bincount(keys, minlength=2 * NUM_KEYS).reshape(2, NUM_KEYS)
+        self.counts += counts
 
     def merge(self, other: "PixelHistogram") -> None:
         self.counts += other.counts
