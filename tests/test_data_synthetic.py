@@ -132,3 +132,20 @@ def test_registration_generates_on_first_use(tmp_path):
     assert "sem_seg_file_name" in anomaly[0]
     pool = DatasetCatalog.get(f"{prefix}_outliers")
     assert len(pool) == 4 and all(os.path.exists(r["outlier_mask_file"]) for r in pool)
+
+
+def test_anomalies_vary_in_size_and_placement():
+    from scipy import ndimage
+
+    areas, rows = [], []
+    for i in range(30):
+        _, label, _ = make_anomaly_sample(np.random.default_rng([5, i]))
+        components, count = ndimage.label(label == 1, structure=np.ones((3, 3)))
+        for c in range(1, count + 1):
+            ys, _ = np.nonzero(components == c)
+            areas.append(len(ys))
+            rows.append(ys.max())
+    areas = np.array(areas)
+    assert len(areas) >= 30
+    assert areas.min() < 150 and areas.max() > 4000  # tiny debris to large objects
+    assert np.ptp(rows) > 100  # near and far

@@ -97,14 +97,17 @@ def test_results_match_direct_metrics_and_files_are_written(tmp_path):
         assert json.load(f)["results"]["AP"] == pytest.approx(results["AP"])
 
 
-def test_scores_are_upsampled_to_label_size(tmp_path):
+def test_scores_are_upsampled_to_label_size_and_mapped_inputs_work(tmp_path):
     name = make_dataset(str(tmp_path / "data"))
     records = DatasetCatalog.get(name)
     evaluator = OODEvaluator(name, distributed=False, score_keys=["ood_score"])
     for r in records:
-        evaluator.process([r], [fake_output(r, scale=2)])
+        # What a test mapper passes on: file keys dropped, an image tensor added.
+        mapped = {"file_name": r["file_name"], "height": H, "width": W, "image": torch.zeros(3, H, W)}
+        evaluator.process([mapped], [fake_output(r, scale=2)])
     results = evaluator.evaluate()[name]
     assert 50 < results["AUROC"] <= 100 and "other/AP" not in results
+    assert 0 < results["mIoU"] <= 100  # sem_seg_file_name found through the catalog
 
 
 def test_no_anomaly_pixels_gives_nan_and_a_warning(tmp_path):

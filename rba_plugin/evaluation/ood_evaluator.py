@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
@@ -72,6 +72,7 @@ class OODEvaluator(DatasetEvaluator):
         self.stuff_classes = list(meta.get("stuff_classes", []))
         self.ignore_label = meta.get("ignore_label", 255)
         self._logger = logging.getLogger(__name__)
+        self._catalog: Optional[Dict[str, dict]] = None  # file_name -> dataset dict, when needed
         self.reset()
 
     @classmethod
@@ -138,8 +139,23 @@ class OODEvaluator(DatasetEvaluator):
             score = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0]
         return to_numpy(score).astype(np.float32, copy=False)
 
+    def _full_record(self, record: dict) -> dict:
+        """The input completed from the catalog: test mappers drop file keys (e.g. Detectron2's
+        DatasetMapper pops sem_seg_file_name), so they are looked up by file_name like
+        SemSegEvaluator does."""
+        if "anomaly_label_file" in record and "sem_seg_file_name" in record:
+            return record
+        if self._catalog is None:
+            self._catalog = {d["file_name"]: d for d in DatasetCatalog.get(self.dataset_name)}
+        if record.get("file_name") not in self._catalog:
+            if "anomaly_label_file" in record:
+                return record
+            raise KeyError(f"input {record.get('file_name')!r} is not a frame of dataset '{self.dataset_name}'")
+        return {**self._catalog[record["file_name"]], **record}
+
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
         for record, output in zip(inputs, outputs):
+            record = self._full_record(record)
             label = load_anomaly_label(record)
             for name, score in self._scores_of(output).items():
                 if name not in self._metrics:
