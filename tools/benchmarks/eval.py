@@ -76,6 +76,12 @@ def run(args: argparse.Namespace) -> None:
             return result
         return fn
 
+    if args.frames_large:  # first, so no earlier run has grown the process
+        _, large_s, large_mib, total_mib = _measure(ours(args.frames_large), with_total=True)
+        verdict = "under" if total_mib < 1024 else "OVER"
+        print(f"eval AnomalyMetrics pixel metrics, {args.frames_large} frames: {large_s:8.2f} s  "
+              f"{large_mib:8.1f} MiB added, process peak RSS {total_mib:.0f} MiB incl. torch and the "
+              f"{args.distinct} source frames ({verdict} 1 GiB)")
     pixel, ours_s, ours_mib = _measure(ours(args.frames))
     print(f"eval AnomalyMetrics pixel metrics : {ours_s:8.2f} s  {ours_mib:8.1f} MiB  "
           f"({1e3 * ours_s / args.frames:.1f} ms/frame)  AP {pixel['AP']:.4f} FPR95 {pixel['FPR95']:.4f}")
@@ -104,9 +110,3 @@ def run(args: argparse.Namespace) -> None:
     print(f"eval AnomalyMetrics + components   : {full_s:8.2f} s  {full_mib:8.1f} MiB  "
           f"(cache {args.cache_mb:.0f} MiB in memory, rest on disk)  sIoU {full['sIoU']:.4f} "
           f"PPV {full['PPV']:.4f} mean_F1 {full['mean_F1']:.4f}")
-    if args.frames_large:
-        _, large_s, large_mib, total_mib = _measure(ours(args.frames_large), with_total=True)
-        verdict = "under" if total_mib < 1024 else "OVER"
-        print(f"eval AnomalyMetrics pixel metrics, {args.frames_large} frames: {large_s:8.2f} s  "
-              f"{large_mib:8.1f} MiB added, process peak RSS {total_mib:.0f} MiB incl. torch and the "
-              f"{args.distinct} source frames ({verdict} 1 GiB)")
