@@ -1,6 +1,5 @@
 """AnomalyMetrics against scikit-learn, hand-built component cases and a brute-force sIoU."""
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from rba_plugin.evaluation import AnomalyMetrics
-from rba_plugin.evaluation.components import TAUS, frame_component_scores
+from rba_plugin.evaluation.components import frame_component_scores
 
 
 def random_frames(seed, n=4, shape=(60, 80)):

@@ -5,7 +5,7 @@ set after import. Layouts and preparation: datasets/README.md.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 from detectron2.data import DatasetCatalog
 

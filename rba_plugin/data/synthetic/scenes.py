@@ -12,7 +12,7 @@ from typing import Tuple
 import cv2
 import numpy as np
 
-from .textures import checkerboard, fractal_noise, smooth_noise, stripes
+from .textures import checkerboard, fractal_noise, smooth_noise
 
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR, BUS = 0, 1, 2, 5, 7, 8, 9, 10, 11, 13, 15
 VOID = 255
