@@ -1,0 +1,25 @@
+"""Registers every built-in dataset on import (lazily: no file is touched until first use).
+
+* public anomaly benchmarks (see builtin_anomaly.py) under $DETECTRON2_DATASETS,
+* ``coco_outliers``: the prepared COCO outlier pool under $DETECTRON2_DATASETS/coco,
+* ``synthcity_{train,val,anomaly,outliers}``: the synthetic benchmark under
+  $DETECTRON2_DATASETS/synthcity, generated on first use.
+"""
+from detectron2.data import DatasetCatalog
+
+from .builtin_anomaly import register_all_anomaly_benchmarks
+from .outlier_pool import coco_outlier_pool_paths, register_outlier_pool
+from .synthetic import register_synthcity
+
+
+def register_all() -> None:
+    registered = set(DatasetCatalog.list())
+    register_all_anomaly_benchmarks()
+    if "coco_outliers" not in registered:
+        image_root, mask_root = coco_outlier_pool_paths("coco")
+        register_outlier_pool("coco_outliers", image_root, mask_root, image_suffix=".jpg")
+    if "synthcity_train" not in registered:
+        register_synthcity()
+
+
+register_all()

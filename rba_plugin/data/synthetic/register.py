@@ -1,0 +1,100 @@
+"""Lazy registration of the synthetic benchmark: <prefix>_train, _val, _anomaly, _outliers."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Union
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from ..anomaly_datasets import CITYSCAPES_STUFF_CLASSES, CITYSCAPES_STUFF_COLORS, DatasetPath, register_anomaly_dataset
+from ..outlier_pool import register_outlier_pool
+from .writer import SynthCityParams, ensure_synthcity
+
+__all__ = ["register_synthcity", "SYNTHCITY_COMPONENT_SIZES"]
+
+# SMIYC's anomaly-track size filters (500 / 100 px at 2048 x 1024) scaled to 512 x 256 (1/16).
+SYNTHCITY_COMPONENT_SIZES = (32, 6)
+
+
+def _list_sem_seg(root: str, split: str) -> List[dict]:
+    image_dir = os.path.join(root, "leftImg8bit", split)
+    label_dir = os.path.join(root, "gtFine", split)
+    records = []
+    for file in sorted(os.listdir(image_dir)):
+        if not file.endswith("_leftImg8bit.png"):
+            continue
+        stem = file[: -len("_leftImg8bit.png")]
+        image = os.path.join(image_dir, file)
+        with Image.open(image) as im:
+            width, height = im.size
+        records.append({
+            "file_name": image,
+            "sem_seg_file_name": os.path.join(label_dir, f"{stem}_gtFine_labelTrainIds.png"),
+            "height": height,
+            "width": width,
+            "image_id": stem,
+        })
+    if not records:
+        raise FileNotFoundError(f"no '*_leftImg8bit.png' image under {image_dir}")
+    return records
+
+
+def register_synthcity(root: Optional[Union[str, os.PathLike]] = None, params: Optional[SynthCityParams] = None,
+                       prefix: str = "synthcity") -> None:
+    """Registers ``<prefix>_train``, ``_val`` (sem_seg), ``_anomaly`` (ood) and ``_outliers`` (pool).
+
+    ``root`` defaults to ``$DETECTRON2_DATASETS/synthcity`` (resolved at first use). Nothing is read
+    or generated until one of them is loaded; the first load generates the data if it is missing
+    or was made by another generator version or with other parameters.
+    """
+    root = root if root is not None else DatasetPath("synthcity")
+    params = params or SynthCityParams()
+
+    def prepare() -> str:
+        return ensure_synthcity(os.fspath(root), params)
+
+    for split in ("train", "val"):
+        name = f"{prefix}_{split}"
+        DatasetCatalog.register(name, lambda split=split: _list_sem_seg(prepare(), split))
+        MetadataCatalog.get(name).set(
+            evaluator_type="sem_seg",
+            ignore_label=255,
+            stuff_classes=list(CITYSCAPES_STUFF_CLASSES),
+            stuff_colors=list(CITYSCAPES_STUFF_COLORS),
+            image_root=root,
+        )
+    anomaly_dir = _Sub(root, "anomaly")
+    register_anomaly_dataset(
+        f"{prefix}_anomaly",
+        _Sub(anomaly_dir, "images"),
+        _Sub(anomaly_dir, "labels_masks"),
+        image_suffix=".png",
+        label_suffix="_labels_semantic.png",
+        label_map={0: 0, 1: 1, 255: 255},
+        sem_seg_root=_Sub(anomaly_dir, "labels_trainids"),
+        sem_seg_suffix="_labelTrainIds.png",
+        component_sizes=SYNTHCITY_COMPONENT_SIZES,
+        prepare=prepare,
+        layout="  synthcity/anomaly/images/<id>.png\n  synthcity/anomaly/labels_masks/<id>_labels_semantic.png",
+    )
+    register_outlier_pool(
+        f"{prefix}_outliers",
+        _Sub(root, "outliers/images"),
+        _Sub(root, "outliers/masks"),
+        image_suffix=".png",
+        prepare=prepare,
+    )
+
+
+class _Sub(os.PathLike):
+    """``os.path.join(parent, child)`` evaluated at use, so a lazy parent stays lazy."""
+
+    def __init__(self, parent: Union[str, os.PathLike], child: str):
+        self.parent, self.child = parent, child
+
+    def __fspath__(self) -> str:
+        return os.path.join(os.fspath(self.parent), self.child)
+
+    def __repr__(self) -> str:
+        return f"{self.parent!r}/{self.child}"

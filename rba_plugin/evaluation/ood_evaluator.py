@@ -1,0 +1,268 @@
+"""OODEvaluator: Detectron2 DatasetEvaluator for anomaly segmentation (SMIYC metrics, mIoU)."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from ..data.anomaly_datasets import load_anomaly_label, load_sem_seg_label
+from .anomaly_metrics import AnomalyMetrics, to_numpy
+from .components import TRACK_SIZE_FILTERS, ComponentStats
+from .curves import write_curves
+from .pixel_histogram import PixelHistogram
+
+__all__ = ["OODEvaluator", "PRIMARY_SCORE"]
+
+PRIMARY_SCORE = "ood_score"
+# Reported in percent, like Detectron2's mIoU and the benchmark tables.
+_PERCENT_KEYS = {"AP", "AUROC", "FPR95", "pixel_F1", "sIoU", "PPV", "mean_F1", "F1_25", "F1_50", "F1_75"}
+
+
+class OODEvaluator(DatasetEvaluator):
+    """Evaluates ``outputs[i]["ood_score"]`` (H x W, higher = more anomalous) against the dataset's
+    0 / 1 / 255 anomaly labels, every entry of ``outputs[i]["ood_scores"]`` (name -> H x W) too,
+    and ``outputs[i]["sem_seg"]`` (C x H x W) for closed-set mIoU where the dataset dicts have a
+    ``sem_seg_file_name``.
+
+    ``evaluate()`` returns ``{dataset_name: {metric: value}}``: the primary score's metrics under
+    plain keys ("AP", "AUROC", "FPR95", "sIoU", "PPV", "mean_F1", ...), other scores under
+    "<name>/AP" and so on, and "mIoU". AP, AUROC, FPR95, F1s, sIoU, PPV and mIoU are percentages;
+    "component_threshold" is the score threshold delta, FN_* / FP_* are component counts.
+    Histograms are summed over processes; each process runs the component pass on its own cached
+    maps at the common threshold, and the per-component values are gathered to the main process.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: Optional[str] = None,
+        distributed: bool = True,
+        *,
+        score_keys: Sequence[str] = (),
+        with_components: bool = True,
+        component_threshold: Optional[float] = None,
+        component_sizes: Optional[Tuple[int, int]] = None,
+        cache_memory_mb: float = 2048,
+        write_curves: bool = True,
+    ):
+        self.dataset_name = dataset_name
+        self.output_dir = output_dir
+        self.distributed = distributed
+        self.score_keys = tuple(score_keys)
+        self.with_components = with_components
+        self.component_threshold = component_threshold
+        meta = MetadataCatalog.get(dataset_name)
+        if component_sizes is None:
+            component_sizes = meta.get("ood_component_sizes", None) or TRACK_SIZE_FILTERS[meta.get("ood_track", "anomaly")]
+        self.component_sizes = tuple(int(s) for s in component_sizes)
+        self.cache_memory_bytes = int(cache_memory_mb * 2**20)
+        self.write_curves = write_curves
+        self.stuff_classes = list(meta.get("stuff_classes", []))
+        self.ignore_label = meta.get("ignore_label", 255)
+        self._logger = logging.getLogger(__name__)
+        self._catalog: Optional[Dict[str, dict]] = None  # file_name -> dataset dict, when needed
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None, distributed: bool = True):
+        ood = cfg.TEST.OOD
+        return {
+            "dataset_name": dataset_name,
+            "output_dir": output_dir if output_dir is not None else cfg.OUTPUT_DIR,
+            "distributed": distributed,
+            "score_keys": list(ood.SCORE_KEYS),
+            "with_components": ood.WITH_COMPONENTS,
+            "component_threshold": ood.COMPONENT_THRESHOLD,
+            "component_sizes": tuple(ood.COMPONENT_SIZES) if len(ood.COMPONENT_SIZES) else None,
+            "cache_memory_mb": ood.CACHE_MEMORY_MB,
+            "write_curves": ood.WRITE_CURVES,
+        }
+
+    def reset(self) -> None:
+        if getattr(self, "_metrics", None):
+            for metrics in self._metrics.values():
+                metrics.close()
+        self._metrics: Dict[str, AnomalyMetrics] = OrderedDict()
+        num_classes = len(self.stuff_classes)
+        self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self._has_sem_seg = False
+
+    def _new_metrics(self) -> AnomalyMetrics:
+        return AnomalyMetrics(
+            component_threshold=self.component_threshold,
+            min_pred_size=self.component_sizes[0],
+            min_gt_size=self.component_sizes[1],
+            with_components=self.with_components,
+            cache_memory_bytes=self.cache_memory_bytes,
+        )
+
+    def _scores_of(self, output: dict) -> Dict[str, torch.Tensor]:
+        scores = OrderedDict()
+        if self.score_keys:
+            named = output.get("ood_scores", {})
+            for key in self.score_keys:
+                if key == PRIMARY_SCORE:
+                    scores[key] = output[PRIMARY_SCORE]
+                elif key in named:
+                    scores[key] = named[key]
+                else:
+                    raise KeyError(f"score '{key}' is neither 'ood_score' nor in outputs['ood_scores'] "
+                                   f"(has {sorted(named)})")
+            return scores
+        if PRIMARY_SCORE in output:
+            scores[PRIMARY_SCORE] = output[PRIMARY_SCORE]
+        for name, score in output.get("ood_scores", {}).items():
+            if name == PRIMARY_SCORE or any(score is other for other in scores.values()):
+                continue  # the primary score repeated under its own name
+            scores[name] = score
+        if not scores:
+            raise KeyError("model output has neither 'ood_score' nor 'ood_scores'")
+        return scores
+
+    @staticmethod
+    def _at_label_size(score, shape: Tuple[int, int]) -> np.ndarray:
+        """The H x W score as float32 numpy at the label's resolution (bilinear when it differs)."""
+        if tuple(score.shape[-2:]) != tuple(shape):
+            tensor = torch.as_tensor(to_numpy(score), dtype=torch.float32)[None, None]
+            score = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0]
+        return to_numpy(score).astype(np.float32, copy=False)
+
+    def _full_record(self, record: dict) -> dict:
+        """The input completed from the catalog: test mappers drop file keys (e.g. Detectron2's
+        DatasetMapper pops sem_seg_file_name), so they are looked up by file_name like
+        SemSegEvaluator does."""
+        if "anomaly_label_file" in record and "sem_seg_file_name" in record:
+            return record
+        if self._catalog is None:
+            self._catalog = {d["file_name"]: d for d in DatasetCatalog.get(self.dataset_name)}
+        if record.get("file_name") not in self._catalog:
+            if "anomaly_label_file" in record:
+                return record
+            raise KeyError(f"input {record.get('file_name')!r} is not a frame of dataset '{self.dataset_name}'")
+        return {**self._catalog[record["file_name"]], **record}
+
+    def process(self, inputs: List[dict], outputs: List[dict]) -> None:
+        for record, output in zip(inputs, outputs):
+            record = self._full_record(record)
+            label = load_anomaly_label(record)
+            for name, score in self._scores_of(output).items():
+                if name not in self._metrics:
+                    self._metrics[name] = self._new_metrics()
+                self._metrics[name].update(self._at_label_size(score, label.shape), label)
+            if "sem_seg" in output and record.get("sem_seg_file_name") and len(self.stuff_classes):
+                self._update_confusion(output["sem_seg"], load_sem_seg_label(record))
+
+    def _update_confusion(self, sem_seg, gt: np.ndarray) -> None:
+        num_classes = len(self.stuff_classes)
+        pred = to_numpy(sem_seg.argmax(dim=0) if hasattr(sem_seg, "argmax") else np.argmax(sem_seg, 0))
+        if pred.shape != gt.shape:
+            raise ValueError(f"sem_seg prediction {pred.shape} and label {gt.shape} differ in size")
+        valid = (gt != self.ignore_label) & (gt < num_classes)
+        index = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+        self._confusion += np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+        self._has_sem_seg = True
+
+    # ------------------------------------------------------------------------- evaluate
+
+    def _gathered_histograms(self) -> Dict[str, PixelHistogram]:
+        names = list(self._metrics)
+        if not self.distributed or comm.get_world_size() == 1:
+            return {name: self._metrics[name].histogram for name in names}
+        all_names = comm.all_gather(names)
+        union = sorted(set().union(*all_names), key=lambda n: (n != PRIMARY_SCORE, n))
+        counts = comm.all_gather({n: self._metrics[n].histogram.counts for n in names})
+        merged = {}
+        for name in union:
+            histogram = PixelHistogram()
+            for part in counts:
+                if name in part:
+                    histogram.counts += part[name]
+            merged[name] = histogram
+        return merged
+
+    def evaluate(self):
+        histograms = self._gathered_histograms()
+        component_stats: Dict[str, ComponentStats] = {}
+        thresholds: Dict[str, Optional[float]] = {}
+        if self.with_components:
+            for name, histogram in histograms.items():
+                metrics = self._metrics.get(name) or self._new_metrics()
+                thresholds[name] = metrics.component_threshold(histogram)
+                component_stats[name] = (
+                    metrics.component_stats(thresholds[name]) if thresholds[name] is not None else ComponentStats()
+                )
+        confusion = self._confusion
+        has_sem_seg = self._has_sem_seg
+        if self.distributed and comm.get_world_size() > 1:
+            gathered = comm.gather((component_stats, confusion, has_sem_seg), dst=0)
+            if not comm.is_main_process():
+                self.reset()
+                return {}
+            component_stats = {}
+            for stats, conf, has in gathered:
+                for name, part in stats.items():
+                    component_stats.setdefault(name, ComponentStats()).merge(part)
+            confusion = sum(g[1] for g in gathered)
+            has_sem_seg = any(g[2] for g in gathered)
+
+        per_score: Dict[str, Dict[str, float]] = OrderedDict()
+        for name, histogram in histograms.items():
+            values = histogram.metrics()
+            if self.with_components:
+                threshold = thresholds[name]
+                values["component_threshold"] = float("nan") if threshold is None else threshold
+                values.update(component_stats[name].metrics())
+            per_score[name] = values
+
+        results = OrderedDict()
+        for name, values in per_score.items():
+            prefix = "" if name == PRIMARY_SCORE or len(per_score) == 1 else f"{name}/"
+            for key, value in values.items():
+                results[prefix + key] = 100.0 * value if key in _PERCENT_KEYS else value
+        if has_sem_seg:
+            results.update(self._miou(confusion))
+        self._write_outputs(histograms, per_score, results)
+        self.reset()
+        return OrderedDict({self.dataset_name: results})
+
+    def _miou(self, confusion: np.ndarray) -> Dict[str, float]:
+        tp = np.diag(confusion).astype(np.float64)
+        gt = confusion.sum(axis=1)
+        pred = confusion.sum(axis=0)
+        union = gt + pred - tp
+        present = gt > 0  # like SemSegEvaluator: classes without ground truth are left out
+        iou = np.full(len(tp), np.nan)
+        iou[union > 0] = tp[union > 0] / union[union > 0]
+        out = {"mIoU": 100.0 * float(np.mean(iou[present])) if present.any() else float("nan")}
+        for name, value, has in zip(self.stuff_classes, iou, present):
+            if has:
+                out[f"IoU-{name}"] = 100.0 * float(value)
+        return out
+
+    def _write_outputs(self, histograms, per_score, results) -> None:
+        if not self.output_dir:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        base = os.path.join(self.output_dir, f"ood_{self.dataset_name}")
+        if self.write_curves:
+            write_curves(histograms, per_score, base)
+        # Written to a temporary name first so a crash never leaves half a JSON behind.
+        payload = {"dataset": self.dataset_name, "component_sizes": list(self.component_sizes),
+                   "results": copy.deepcopy(dict(results))}
+        tmp = base + ".json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, base + ".json")
+        self._logger.info("OOD results of %s written to %s.json", self.dataset_name, base)

@@ -1,0 +1,173 @@
+"""OODEvaluator: results equal AnomalyMetrics / hand-computed mIoU, files written, distributed == single."""
+import json
+import os
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+
+from rba_plugin.config import get_cfg
+from rba_plugin.data import register_anomaly_dataset
+from rba_plugin.evaluation import AnomalyMetrics, OODEvaluator
+
+H, W, NUM_FRAMES = 24, 32, 6
+
+
+def make_dataset(root, with_anomalies=True):
+    """Frames with 0/1/255 labels and train-id labels; returns the registered name."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "labels", "sem"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i in range(NUM_FRAMES):
+        label = np.zeros((H, W), np.uint8)
+        if with_anomalies:
+            y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
+            label[y: y + int(rng.integers(3, 8)), x: x + int(rng.integers(3, 8))] = 1
+        label[:2] = 255
+        sem = rng.integers(0, 3, (H, W)).astype(np.uint8)
+        sem[label != 0] = 255
+        cv2.imwrite(os.path.join(root, "images", f"f{i}.png"), np.zeros((H, W, 3), np.uint8))
+        cv2.imwrite(os.path.join(root, "labels", f"f{i}_label.png"), label)
+        cv2.imwrite(os.path.join(root, "sem", f"f{i}_sem.png"), sem)
+    name = f"test_ood_{uuid.uuid4().hex[:8]}"
+    register_anomaly_dataset(name, os.path.join(root, "images"), os.path.join(root, "labels"), image_suffix=".png",
+                             label_suffix="_label.png", label_map={0: 0, 1: 1, 255: 255},
+                             sem_seg_root=os.path.join(root, "sem"), sem_seg_suffix="_sem.png",
+                             component_sizes=(2, 2))
+    return name
+
+
+def fake_output(record, scale=1):
+    """Deterministic scores correlated with the label, and a 19-class sem_seg."""
+    index = int(record["image_id"][1:])
+    rng = np.random.default_rng(100 + index)
+    label = cv2.imread(record["anomaly_label_file"], cv2.IMREAD_UNCHANGED)
+    main = rng.normal(size=(H, W)).astype(np.float32) + 2.0 * (label == 1)
+    other = rng.random((H, W)).astype(np.float32)
+    sem = cv2.imread(record["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+    pred = np.where(rng.random((H, W)) < 0.8, np.minimum(sem, 2), rng.integers(0, 19, (H, W)))
+    logits = torch.nn.functional.one_hot(torch.as_tensor(pred.astype(np.int64)), 19).permute(2, 0, 1).float()
+    main_t = torch.as_tensor(main)
+    if scale != 1:
+        main_t = torch.nn.functional.interpolate(main_t[None, None], scale_factor=1 / scale, mode="bilinear")[0, 0]
+    return {"ood_score": main_t, "ood_scores": {"ood_score": main_t, "other": torch.as_tensor(other)}, "sem_seg": logits}
+
+
+def run_evaluator(evaluator, records):
+    evaluator.reset()
+    for start in range(0, len(records), 2):
+        batch = records[start: start + 2]
+        evaluator.process(batch, [fake_output(r) for r in batch])
+    return evaluator.evaluate()
+
+
+def test_results_match_direct_metrics_and_files_are_written(tmp_path):
+    name = make_dataset(str(tmp_path / "data"))
+    records = DatasetCatalog.get(name)
+    out_dir = str(tmp_path / "out")
+    results = run_evaluator(OODEvaluator(name, output_dir=out_dir, distributed=False), records)[name]
+
+    for score_name, prefix in (("ood_score", ""), ("other", "other/")):
+        direct = AnomalyMetrics(min_pred_size=2, min_gt_size=2)
+        for r in records:
+            label = cv2.imread(r["anomaly_label_file"], cv2.IMREAD_UNCHANGED)
+            out = fake_output(r)
+            direct.update(out["ood_score"] if score_name == "ood_score" else out["ood_scores"]["other"], label)
+        expected = direct.compute()
+        for key in ("AP", "AUROC", "FPR95", "sIoU", "PPV", "mean_F1"):
+            assert results[prefix + key] == pytest.approx(100 * expected[key], nan_ok=True), prefix + key
+        assert results[prefix + "component_threshold"] == expected["component_threshold"]
+    assert "ood_score/AP" not in results  # the primary score repeated in ood_scores is evaluated once
+
+    confusion = np.zeros((19, 19), np.int64)
+    for r in records:
+        sem = cv2.imread(r["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+        pred = fake_output(r)["sem_seg"].argmax(0).numpy()
+        valid = sem != 255
+        np.add.at(confusion, (sem[valid], pred[valid]), 1)
+    ious = [confusion[c, c] / (confusion[c].sum() + confusion[:, c].sum() - confusion[c, c]) for c in range(3)]
+    assert results["mIoU"] == pytest.approx(100 * np.mean(ious))
+
+    for suffix in ("_pr.png", "_roc.png", ".json"):
+        assert os.path.getsize(os.path.join(out_dir, f"ood_{name}{suffix}")) > 0
+    with open(os.path.join(out_dir, f"ood_{name}.json")) as f:
+        assert json.load(f)["results"]["AP"] == pytest.approx(results["AP"])
+
+
+def test_scores_are_upsampled_to_label_size_and_mapped_inputs_work(tmp_path):
+    name = make_dataset(str(tmp_path / "data"))
+    records = DatasetCatalog.get(name)
+    evaluator = OODEvaluator(name, distributed=False, score_keys=["ood_score"])
+    for r in records:
+        # What a test mapper passes on: file keys dropped, an image tensor added.
+        mapped = {"file_name": r["file_name"], "height": H, "width": W, "image": torch.zeros(3, H, W)}
+        evaluator.process([mapped], [fake_output(r, scale=2)])
+    results = evaluator.evaluate()[name]
+    assert 50 < results["AUROC"] <= 100 and "other/AP" not in results
+    assert 0 < results["mIoU"] <= 100  # sem_seg_file_name found through the catalog
+
+
+def test_no_anomaly_pixels_gives_nan_and_a_warning(tmp_path):
+    name = make_dataset(str(tmp_path / "data"), with_anomalies=False)
+    records = DatasetCatalog.get(name)
+    with pytest.warns(RuntimeWarning, match="no anomaly pixels"):
+        results = run_evaluator(OODEvaluator(name, distributed=False), records)[name]
+    assert np.isnan(results["AP"]) and np.isnan(results["FPR95"]) and np.isnan(results["sIoU"])
+    assert not np.isnan(results["mIoU"])
+
+
+def test_config_form(tmp_path):
+    name = make_dataset(str(tmp_path / "data"))
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path / "cfg_out")
+    cfg.TEST.OOD.COMPONENT_THRESHOLD = 1.5
+    cfg.TEST.OOD.COMPONENT_SIZES = [3, 4]
+    cfg.TEST.OOD.WRITE_CURVES = False
+    evaluator = OODEvaluator(cfg, name)
+    assert evaluator.component_sizes == (3, 4) and evaluator.output_dir == cfg.OUTPUT_DIR
+    results = run_evaluator(evaluator, DatasetCatalog.get(name))[name]
+    assert results["component_threshold"] == 1.5
+    assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, f"ood_{name}_pr.png"))
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def _distributed_main(data_root, name, result_file):
+    from detectron2.utils import comm
+
+    if name not in DatasetCatalog.list():
+        register_anomaly_dataset(name, os.path.join(data_root, "images"), os.path.join(data_root, "labels"),
+                                 image_suffix=".png", label_suffix="_label.png", label_map={0: 0, 1: 1, 255: 255},
+                                 sem_seg_root=os.path.join(data_root, "sem"), sem_seg_suffix="_sem.png",
+                                 component_sizes=(2, 2))
+    records = DatasetCatalog.get(name)
+    mine = records[comm.get_rank():: comm.get_world_size()]  # interleaved shards
+    evaluator = OODEvaluator(name, distributed=True)
+    evaluator.reset()
+    for r in mine:
+        evaluator.process([r], [fake_output(r)])
+    results = evaluator.evaluate()
+    if comm.is_main_process():
+        with open(result_file, "w") as f:
+            json.dump(results[name], f)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    from detectron2.engine import launch
+
+    data_root = str(tmp_path / "data")
+    name = make_dataset(data_root)
+    single = run_evaluator(OODEvaluator(name, distributed=False), DatasetCatalog.get(name))[name]
+    result_file = str(tmp_path / "dist.json")
+    launch(_distributed_main, 2, dist_url="tcp://127.0.0.1:%d" % (29500 + os.getpid() % 1000),
+           args=(data_root, name, result_file))
+    with open(result_file) as f:
+        dist = json.load(f)
+    assert dist.keys() == single.keys()
+    for key in single:
+        assert dist[key] == pytest.approx(single[key], nan_ok=True, rel=1e-12), key
