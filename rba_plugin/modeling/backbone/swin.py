@@ -324,7 +324,7 @@ class SwinTransformer(nn.Module):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
         # Stochastic depth grows linearly over all blocks of all stages.
-        rates = [float(r) for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             start = sum(depths[:i])
