@@ -17,6 +17,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from .color_aug_ssd import ColorAugSSD
+from .registry import register_train_mapper
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "OutlierPaster", "build_semantic_train_augmentations"]
 
@@ -52,6 +53,7 @@ def build_semantic_train_augmentations(cfg) -> List[T.Augmentation]:
     return augs
 
 
+@register_train_mapper("mask_former_semantic")
 class MaskFormerSemanticDatasetMapper:
     """Maps a semantic-segmentation dataset dict ("file_name", "sem_seg_file_name", "height",
     "width") to the model's training input:
