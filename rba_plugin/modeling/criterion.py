@@ -94,15 +94,21 @@ class SetCriterion(nn.Module):
             [self._pad_masks(t["masks"], targets)[j] for t, (_, j) in zip(targets, indices)]
         ).to(src_masks)[:, None]  # N x 1 x H x W
         with torch.no_grad():
-            point_coords = get_uncertain_point_coords_with_randomness(
-                src_masks, calculate_uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
-            )
+            point_coords = self.sample_points(src_masks)
             point_labels = point_sample(target_masks, point_coords, align_corners=False).squeeze(1)
         point_logits = point_sample(src_masks, point_coords, align_corners=False).squeeze(1)
         return {
             "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
+
+    def sample_points(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """N x 1 x h x w mask logits -> N x num_points x 2 points in [0, 1]^2: the most uncertain
+        of ``oversample_ratio * num_points`` random candidates (share ``importance_sample_ratio``)
+        plus uniformly random ones."""
+        return get_uncertain_point_coords_with_randomness(
+            mask_logits, calculate_uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+        )
 
     @staticmethod
     def _pad_masks(masks: torch.Tensor, targets) -> torch.Tensor:

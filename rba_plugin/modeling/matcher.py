@@ -80,6 +80,10 @@ class HungarianMatcher(nn.Module):
         )
         return cost.float()
 
+    def sample_points(self, device) -> torch.Tensor:
+        """num_points x 2 uniform random points in [0, 1]^2, drawn anew for every image."""
+        return torch.rand(self.num_points, 2, device=device)
+
     @torch.no_grad()
     def forward(
         self, outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]]
@@ -96,7 +100,7 @@ class HungarianMatcher(nn.Module):
         for b, target in enumerate(targets):
             logits = outputs["pred_logits"][b]
             masks = outputs["pred_masks"][b]
-            point_coords = torch.rand(self.num_points, 2, device=masks.device)
+            point_coords = self.sample_points(masks.device)
             cost = self.cost_matrix(logits, masks, target["labels"], target["masks"].to(masks), point_coords)
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
