@@ -2,6 +2,7 @@
 """Benchmarks of rba_plugin, one sub-command each; every one prints ratios measured side by side.
 
     python tools/benchmark.py msda        # compiled deformable attention vs the PyTorch oracle
+    python tools/benchmark.py model       # Mask2Former Swin-B 1dl inference, synthetic training step
     python tools/benchmark.py all         # every benchmark in turn
 
 Each sub-command lives in tools/benchmarks/<name>.py with ``add_arguments(parser)`` and
@@ -17,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Order of `all`.
-BENCHMARKS = ["msda"]
+BENCHMARKS = ["msda", "model"]
 
 
 def main(argv=None) -> None:
