@@ -103,3 +103,42 @@ def test_encoder_level_not_among_inputs_names_the_key():
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res6"]
     with pytest.raises(ValueError, match="DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES.*res6"):
         build_on(cfg, "meta")
+
+
+def test_rba_options_not_acted_on_refuse_to_train(reference_dir):
+    from rba_plugin.engine import unsupported_training_options
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl.yaml"))
+    assert unsupported_training_options(cfg) == []
+    cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
+    assert unsupported_training_options(cfg) == [
+        "MODEL.MASK_FORMER.OUTLIER_SUPERVISION",
+        "MODEL.FREEZE_BACKBONE",
+        "MODEL.FREEZE_PIXEL_DECODER",
+        "MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP",
+    ]
+
+
+def test_unknown_mapper_name_is_named():
+    from rba_plugin.data.dataset_mappers import build_train_mapper
+
+    cfg = get_cfg()
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic_coco_mix"
+    with pytest.raises(KeyError, match="DATASET_MAPPER_NAME.*mask_former_semantic_coco_mix"):
+        build_train_mapper(cfg)
+
+
+def test_evaluator_follows_metadata(tmp_path):
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import SemSegEvaluator
+
+    from rba_plugin.engine import build_evaluator
+
+    from .m2f_scenes import register_scenes
+
+    name = register_scenes(tmp_path, count=1, height=32, width=64)
+    assert isinstance(build_evaluator(get_cfg(), name, str(tmp_path / "eval")), SemSegEvaluator)
+    MetadataCatalog.get(name).evaluator_type = "coco"
+    with pytest.raises(NotImplementedError, match=f"{name}.*coco"):
+        build_evaluator(get_cfg(), name)

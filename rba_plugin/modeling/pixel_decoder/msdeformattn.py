@@ -255,9 +255,17 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self, features: Dict[str, torch.Tensor]
     ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """features: {name: B x C_name x H_name x W_name}. See the class docstring for outputs."""
+        device_type = next(iter(features.values())).device.type
+        # Deformable attention runs in float32, also under mixed precision (as in Mask2Former).
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._forward_features(features)
+
+    def _forward_features(
+        self, features: Dict[str, torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         srcs, pos = [], []
         for idx, name in enumerate(self.transformer_in_features[::-1]):
-            x = features[name].float()  # deformable attention runs in float32
+            x = features[name].float()
             srcs.append(self.input_proj[idx](x))
             pos.append(self.pe_layer(x))
         memory, spatial_shapes, level_start_index = self.transformer(srcs, pos)
