@@ -139,6 +139,7 @@ def test_evaluator_follows_metadata(tmp_path):
 
     name = register_scenes(tmp_path, count=1, height=32, width=64)
     assert isinstance(build_evaluator(get_cfg(), name, str(tmp_path / "eval")), SemSegEvaluator)
-    MetadataCatalog.get(name).evaluator_type = "coco"
-    with pytest.raises(NotImplementedError, match=f"{name}.*coco"):
-        build_evaluator(get_cfg(), name)
+    other = f"{name}_coco"
+    MetadataCatalog.get(other).evaluator_type = "coco"
+    with pytest.raises(NotImplementedError, match=f"{other}.*coco"):
+        build_evaluator(get_cfg(), other)
