@@ -84,3 +84,21 @@ def test_resume_continues_at_the_right_iteration_and_eval_only(scenes, tmp_path)
                                    flags=("--eval-only",)))
     metrics = results["sem_seg"]
     assert 0.0 <= metrics["mIoU"] <= 100.0 and "pACC" in metrics
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_evaluate(tmp_path):
+    # Detectron2's launch with the gloo backend: DDP without device ids, distributed evaluation.
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests" / "m2f_ddp_run.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "World size: 2" in log
+    final = torch.load(tmp_path / "out" / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 2
+    assert "mIoU" in log
