@@ -2,7 +2,6 @@
 import glob
 
 import pytest
-import torch
 import yaml
 from detectron2.config import CfgNode
 

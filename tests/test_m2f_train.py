@@ -1,6 +1,7 @@
 """Training end to end on the CPU through tools/train_net.py: overfitting, resuming, evaluating."""
 import importlib.util
-import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -89,9 +90,6 @@ def test_resume_continues_at_the_right_iteration_and_eval_only(scenes, tmp_path)
 @pytest.mark.slow
 def test_two_cpu_processes_train_and_evaluate(tmp_path):
     # Detectron2's launch with the gloo backend: DDP without device ids, distributed evaluation.
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tests" / "m2f_ddp_run.py"), str(tmp_path)],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,

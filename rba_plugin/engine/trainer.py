@@ -11,7 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger

@@ -1,7 +1,7 @@
 """Mask2Former's masked-attention transformer decoder, with RbA's configurable level count."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
