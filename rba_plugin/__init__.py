@@ -8,7 +8,7 @@ import warnings
 # import time; the message is about detectron2, not about anything a user of the plugin can act on.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-from . import data, evaluation, layers  # noqa: F401
+from . import data, evaluation, layers, modeling  # noqa: F401
 from .config import get_cfg  # noqa: F401
 
 __version__ = "0.1.0"

@@ -6,14 +6,223 @@ and RbA, so the official config files merge unchanged. Each ``add_*_config`` add
 from __future__ import annotations
 
 from detectron2.config import CfgNode
+from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _detectron2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["get_cfg", "add_maskformer2_config", "add_anomaly_data_config"]
+__all__ = ["get_cfg", "add_maskformer2_config", "add_rba_config", "add_anomaly_data_config"]
 
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
-    """Mask2Former's model, input, solver and test keys (the closed-set model)."""
+    """Mask2Former's model, input, solver and test keys (the closed-set model).
+
+    Names and defaults are Mask2Former's (``mask2former/config.py``), so its config files and the
+    configs dumped with its checkpoints merge unchanged.
+    """
+    # --- data ---
+    # Which training mapper ``tools/train_net.py`` builds (see rba_plugin.engine.trainer).
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # SSD-style photometric distortion (brightness, contrast, saturation, hue) in training.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Random crops are retried until no single category covers more than this fraction
+    # (also defined by add_deeplab_config; set here so this function stands alone).
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Pad image and label to this size in the mapper (-1: no padding).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale jitter keys of the COCO mappers (read by no mapper of this plugin).
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # --- solver ---
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, level embeds, ...)
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # LR multiplier of backbone parameters
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # WarmupPolyLR (also in add_deeplab_config)
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+    # --- model: losses ---
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True  # losses on every decoder layer's prediction
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1  # CE weight of the "no object" class
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+    # Point-sampled mask losses: points per mask, oversampling and the share of uncertain points.
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # --- model: transformer decoder ---
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # MaskFormer's (v1) transformer encoder; unused here
+    # Number of predictions: DEC_LAYERS - 1 decoder layers plus the query-only prediction.
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # What the decoder reads: "multi_scale_pixel_decoder" for Mask2Former.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    # Backbones like ResNet report size_divisibility 0; images are padded to this instead.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+
+    # --- model: inference ---
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    # Instance / panoptic inference are Mask2Former features this plugin does not implement;
+    # the MaskFormer meta-architecture refuses a config that turns them on.
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    # --- model: pixel decoder ---
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    # Levels the deformable encoder attends over (RbA's models: ["res5"]); the transformer
+    # decoder cross-attends to the same number of levels.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+
+    # --- Swin backbone (D2SwinTransformer) ---
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    cfg.MODEL.SWIN.QK_SCALE = None
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+
+def add_rba_config(cfg: CfgNode) -> None:
+    """The keys RbA (NazirNayal8/RbA, ``mask2former/config.py``) added, with RbA's defaults.
+
+    They exist so RbA's configs and released-model dumps merge and mean the same thing here.
+    What the plugin acts on today: nothing below. The RbA issue wires the outlier supervision
+    group (OUTLIER_* , SCORE_NORM, INLIER_UPPER_THRESHOLD) and the MODEL.FREEZE_* group.
+    Accepted but not acted on (and not planned): SMOOTHNESS_*, SPARSITY_*, GAMBLER_*/PEBAL_*
+    (PEBAL inside Mask2Former), DENSE_HYBRID_*, MATCHER = "FixedMatcher", USE_POINT_REND,
+    SOLVER.FORCE_REGION_PARTITION, the open-panoptic keys, REPEAT_INSTANCE_MASKS, the WANDB
+    keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
+    """
+    # --- outlier supervision (RbA's loss; wired by the RbA issue) ---
+    cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
+    # Score the loss is applied to: none / nls / energy / softmax_entropy / sum_entropy.
+    cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET = "none"
+    # Per-class squashing of L before "nls": none / sigmoid / tanh (tanh + nls = RbA).
+    cfg.MODEL.MASK_FORMER.SCORE_NORM = "none"
+    # squared_hinge / binary_cross_entropy / mse / l1 / kl (RbA first sets "max", then this).
+    cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_FUNC = "squared_hinge"
+    cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
+    cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
+    cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0
+    # --- PEBAL / DenseHybrid variants inside Mask2Former (not acted on) ---
+    cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
+    cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6
+    cfg.MODEL.MASK_FORMER.SMOOTHNESS_SCORE = "energy"
+    cfg.MODEL.MASK_FORMER.SPARSITY_LOSS = False
+    cfg.MODEL.MASK_FORMER.SPARSITY_WEIGHT = 5e-4
+    cfg.MODEL.MASK_FORMER.GAMBLER_LOSS = False
+    cfg.MODEL.MASK_FORMER.GAMBLER_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.PEBAL_REWARD = 4.5
+    cfg.MODEL.MASK_FORMER.PEBAL_OOD_REG = 0.1
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_LOSS = False
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_BETA = 0.03
+    # "HungarianMatcher" (the only one implemented) or RbA's "FixedMatcher" (not acted on).
+    cfg.MODEL.MASK_FORMER.MATCHER = "HungarianMatcher"
+    # Ablations (not acted on): per-pixel PointRend head; softmax over queries of the masks.
+    cfg.MODEL.MASK_FORMER.USE_POINT_REND = False
+    cfg.SOLVER.FORCE_REGION_PARTITION = False
+    # --- open-panoptic setting (EOPSN; not acted on) ---
+    cfg.MODEL.MASK_FORMER.UNLABELED_REGION = True
+    cfg.MODEL.MASK_FORMER.SEM_SEG_UNLABELED_REGION = True
+    cfg.MODEL.MASK_FORMER.OPEN_PANOPTIC = True
+    cfg.DATASETS.UNSEEN_LABEL_SET = "datasets/unknown/unknown_K20.txt"
+    # --- data (not acted on) ---
+    cfg.INPUT.REPEAT_INSTANCE_MASKS = 1
+    # --- freezing for outlier fine-tuning (wired by the RbA issue). RbA's precedence inside
+    # the predictor: EXCEPT_OBJECT_QUERIES > EXCEPT_MLP_AND_OOD_PRED > EXCEPT_MLP > whole decoder.
+    cfg.MODEL.FREEZE_BACKBONE = False
+    cfg.MODEL.FREEZE_PIXEL_DECODER = False
+    cfg.MODEL.FREEZE_TRANSFORMER_DECODER = False
+    cfg.MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP = False
+    cfg.MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP_AND_OOD_PRED = False
+    cfg.MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_OBJECT_QUERIES = False
+    # --- experiment logging (never read, in RbA either) ---
+    cfg.SOLVER.USE_WANDB = False
+    cfg.SOLVER.WANDB_PROJECT = "mask2former"
+    cfg.SOLVER.WANDB_NAME = ""
+    # --- RbA's other backbones (keys only; the backbones are not part of this plugin) ---
+    cfg.MODEL.MVIT = CN()
+    cfg.MODEL.MVIT.ACT_LAYER = "GELU"
+    cfg.MODEL.MVIT.ADAPTIVE_KV_STRIDE = 4
+    cfg.MODEL.MVIT.ADAPTIVE_WINDOW_SIZE = 56
+    cfg.MODEL.MVIT.DEPTH = 24
+    cfg.MODEL.MVIT.DROP_PATH_RATE = 0.4
+    cfg.MODEL.MVIT.EMBED_DIM = 96
+    cfg.MODEL.MVIT.IMG_SIZE = 224
+    cfg.MODEL.MVIT.IN_CHANS = 3
+    cfg.MODEL.MVIT.LAST_BLOCK_INDEXES = [1, 4, 20, 23]
+    cfg.MODEL.MVIT.MLP_RATIO = 4.0
+    cfg.MODEL.MVIT.NORM_LAYER = "LayerNorm"
+    cfg.MODEL.MVIT.NUM_HEADS = 1
+    cfg.MODEL.MVIT.OUT_FEATURES = ["scale2", "scale3", "scale4", "scale5"]
+    cfg.MODEL.MVIT.PATCH_KERNEL = [7, 7]
+    cfg.MODEL.MVIT.PATCH_PADDING = [3, 3]
+    cfg.MODEL.MVIT.PATCH_STRIDE = [4, 4]
+    cfg.MODEL.MVIT.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.MVIT.PRETRAIN_USE_CLS_TOKEN = True
+    cfg.MODEL.MVIT.QKV_BIAS = True
+    cfg.MODEL.MVIT.QKV_POOL_KERNEL = [3, 3]
+    cfg.MODEL.MVIT.REL_POS_ZERO_INIT = True
+    cfg.MODEL.MVIT.RESIDUAL_POOLING = True
+    cfg.MODEL.MVIT.USE_ABS_POS = False
+    cfg.MODEL.MVIT.USE_ACT_CHECKPOINT = False
+    cfg.MODEL.MVIT.USE_REL_POS = True
+    cfg.MODEL.VIT = CN()
+    cfg.MODEL.VIT.ACT_LAYER = "GELU"
+    cfg.MODEL.VIT.DEPTH = 12
+    cfg.MODEL.VIT.DROP_PATH_RATE = 0.1
+    cfg.MODEL.VIT.EMBED_DIM = 768
+    cfg.MODEL.VIT.IMG_SIZE = 1024
+    cfg.MODEL.VIT.IN_CHANS = 3
+    cfg.MODEL.VIT.MLP_RATIO = 4.0
+    cfg.MODEL.VIT.NORM_LAYER = "LayerNorm"
+    cfg.MODEL.VIT.NUM_HEADS = 12
+    cfg.MODEL.VIT.OUT_FEATURE = "last_feat"
+    cfg.MODEL.VIT.PATCH_SIZE = 16
+    cfg.MODEL.VIT.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.VIT.PRETRAIN_USE_CLS_TOKEN = True
+    cfg.MODEL.VIT.QKV_BIAS = True
+    cfg.MODEL.VIT.REL_POS_ZERO_INIT = True
+    cfg.MODEL.VIT.RESIDUAL_BLOCK_INDEXES = []
+    cfg.MODEL.VIT.USE_ABS_POS = True
+    cfg.MODEL.VIT.USE_ACT_CHECKPOINT = False
+    cfg.MODEL.VIT.USE_REL_POS = True
+    cfg.MODEL.VIT.WINDOW_BLOCK_INDEXES = [[0, 1, 3, 4, 6, 7, 9, 10]]
+    cfg.MODEL.VIT.WINDOW_SIZE = 14
+    cfg.MODEL.WIDE_RESNET = CN()
+    cfg.MODEL.WIDE_RESNET.DILATION = True
+    cfg.MODEL.WIDE_RESNET.DIST_BN = False
+    cfg.MODEL.WIDE_RESNET.STRUCTURE = [3, 3, 6, 3, 1, 1]
 
 
 def add_anomaly_data_config(cfg: CfgNode) -> None:
@@ -48,5 +257,6 @@ def get_cfg() -> CfgNode:
     cfg = _detectron2_get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    add_rba_config(cfg)
     add_anomaly_data_config(cfg)
     return cfg

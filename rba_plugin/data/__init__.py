@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in datasets (lazily).
 """
-from . import builtin  # noqa: F401  (registers the built-in datasets)
+from . import builtin, dataset_mappers  # noqa: F401  (registers the built-in datasets and mappers)
 from .anomaly_datasets import (
     CITYSCAPES_STUFF_CLASSES,
     CITYSCAPES_STUFF_COLORS,

@@ -1,0 +1,15 @@
+"""Training dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME``."""
+from .color_aug_ssd import ColorAugSSD, ColorAugSSDTransform
+from .registry import build_train_mapper, register_train_mapper, registered_train_mappers
+from .mask_former_semantic import MaskFormerSemanticDatasetMapper, OutlierPaster, build_semantic_train_augmentations
+
+__all__ = [
+    "register_train_mapper",
+    "registered_train_mappers",
+    "build_train_mapper",
+    "ColorAugSSD",
+    "ColorAugSSDTransform",
+    "MaskFormerSemanticDatasetMapper",
+    "OutlierPaster",
+    "build_semantic_train_augmentations",
+]

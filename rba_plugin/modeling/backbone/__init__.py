@@ -1,0 +1,3 @@
+from .swin import D2SwinTransformer, SwinTransformer
+
+__all__ = ["D2SwinTransformer", "SwinTransformer"]

@@ -1,0 +1,154 @@
+"""Mask2Former's set criterion: losses of matched query/target pairs, with deep supervision.
+
+* ``loss_ce``: cross-entropy of every query's class logits against its matched target class
+  (unmatched queries: "no object", weighted by ``eos_coef``);
+* ``loss_mask`` / ``loss_dice``: sigmoid BCE and dice of each matched mask, evaluated on
+  ``num_points`` points per mask chosen PointRend-style (``oversample_ratio * num_points``
+  random candidates, the ``importance_sample_ratio`` share most uncertain, i.e. logits closest
+  to 0, plus uniformly random ones), averaged over the number of target masks in the batch.
+
+Targets are dicts with "labels" (T), "masks" (T x H x W) and, for losses added later (RbA's
+outlier loss), the per-pixel "sem_seg" (H x W, 254 = pasted outlier, 255 = ignore). A loss named
+``x`` is the method ``loss_x``; subclasses add losses by defining such methods.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import get_uncertain_point_coords_with_randomness, point_sample
+from detectron2.utils.comm import get_world_size
+from torch import nn
+
+__all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss", "calculate_uncertainty"]
+
+
+def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """inputs: N x P logits; targets: N x P in [0, 1]. Sum over masks of 1 - (2|X∩Y|+1)/(|X|+|Y|+1), / num_masks."""
+    inputs = inputs.sigmoid().flatten(1)
+    numerator = 2 * (inputs * targets).sum(-1)
+    denominator = inputs.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """inputs: N x P logits; targets: N x P. Sum over masks of the mean BCE over points, / num_masks."""
+    loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """N x 1 x P logits -> N x 1 x P uncertainty: -|logit| (largest at the decision boundary)."""
+    if logits.shape[1] != 1:
+        raise ValueError(f"calculate_uncertainty takes class-agnostic N x 1 x P logits, got {tuple(logits.shape)}")
+    return -torch.abs(logits)
+
+
+class SetCriterion(nn.Module):
+    """Matches predictions to targets with ``matcher`` and sums the requested ``losses``, for the
+    final prediction and (suffix ``_i``) every auxiliary prediction."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: Callable,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        losses: Sequence[str],
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+    ):
+        super().__init__()
+        for name in losses:
+            if not callable(getattr(self, f"loss_{name}", None)):
+                raise ValueError(f"SetCriterion: unknown loss '{name}'")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.eos_coef = eos_coef
+        self.losses = list(losses)
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        # A buffer (not a constant) because official checkpoints carry "criterion.empty_weight".
+        self.register_buffer("empty_weight", empty_weight)
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+
+    def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+        """Weighted CE over all B x Q queries (mean weighted by class weight, as F.cross_entropy)."""
+        src_logits = outputs["pred_logits"].float()
+        batch_idx, src_idx = self._src_permutation_idx(indices)
+        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
+        target_classes[batch_idx, src_idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        return {"loss_ce": F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight)}
+
+    def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+        """Point-sampled BCE and dice of matched masks (targets zero-padded to a common size)."""
+        batch_idx, src_idx = self._src_permutation_idx(indices)
+        src_masks = outputs["pred_masks"][batch_idx, src_idx][:, None]  # N x 1 x h x w
+        target_masks = torch.cat(
+            [self._pad_masks(t["masks"], targets)[j] for t, (_, j) in zip(targets, indices)]
+        ).to(src_masks)[:, None]  # N x 1 x H x W
+        with torch.no_grad():
+            point_coords = self.sample_points(src_masks)
+            point_labels = point_sample(target_masks, point_coords, align_corners=False).squeeze(1)
+        point_logits = point_sample(src_masks, point_coords, align_corners=False).squeeze(1)
+        return {
+            "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
+            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
+        }
+
+    def sample_points(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """N x 1 x h x w mask logits -> N x num_points x 2 points in [0, 1]^2: the most uncertain
+        of ``oversample_ratio * num_points`` random candidates (share ``importance_sample_ratio``)
+        plus uniformly random ones."""
+        return get_uncertain_point_coords_with_randomness(
+            mask_logits, calculate_uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+        )
+
+    @staticmethod
+    def _pad_masks(masks: torch.Tensor, targets) -> torch.Tensor:
+        """Zero-pad T x H x W to the largest target size of the batch."""
+        h = max(t["masks"].shape[-2] for t in targets)
+        w = max(t["masks"].shape[-1] for t in targets)
+        return F.pad(masks, (0, w - masks.shape[-1], 0, h - masks.shape[-2]))
+
+    @staticmethod
+    def _src_permutation_idx(indices) -> Tuple[torch.Tensor, torch.Tensor]:
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        src_idx = torch.cat([src for src, _ in indices])
+        return batch_idx, src_idx
+
+    def get_loss(self, name: str, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
+        return getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks)
+
+    def forward(self, outputs: Dict[str, object], targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: "pred_logits" B x Q x (C+1), "pred_masks" B x Q x h x w, optional "aux_outputs".
+            targets: per image {"labels": T, "masks": T x H x W, ...}.
+
+        Returns:
+            unweighted losses: loss_ce, loss_mask, loss_dice and their ``_i`` auxiliary copies.
+        """
+        main_outputs = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+        indices = self.matcher(main_outputs, targets)
+        # Average over all target masks of all ranks, so every rank's loss has the same scale.
+        device = outputs["pred_logits"].device
+        num_masks = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_masks)
+        num_masks = torch.clamp(num_masks / get_world_size(), min=1).item()
+        losses = {}
+        for name in self.losses:
+            losses.update(self.get_loss(name, main_outputs, targets, indices, num_masks))
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            aux_indices = self.matcher(aux, targets)
+            for name in self.losses:
+                terms = self.get_loss(name, aux, targets, aux_indices, num_masks)
+                losses.update({f"{k}_{i}": v for k, v in terms.items()})
+        return losses

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Train or evaluate an rba_plugin model with Detectron2.
+
+    python tools/train_net.py --config-file configs/synthetic/maskformer2_swin_micro_1dl.yaml
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
+    python tools/train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR's last checkpoint
+    python tools/train_net.py --config-file CFG --num-gpus 2      # one process per GPU (gloo on CPU)
+
+The trainer (optimizer, LR schedule, mappers, evaluators) lives in rba_plugin.engine.
+"""
+from __future__ import annotations
+
+import rba_plugin  # noqa: F401  (registers models, mappers and datasets)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from rba_plugin.config import get_cfg
+from rba_plugin.engine import MaskFormerTrainer
+
+
+def setup(args):
+    """Config from --config-file and the trailing KEY VALUE overrides; logging and seeding."""
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rba_plugin")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = MaskFormerTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = MaskFormerTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
