@@ -1,0 +1,16 @@
+"""The per-pixel DeepLabV3+ branch: ``PixelOODSegmentor`` and its methods (RPL + CoroCL, PEBAL,
+RAML with MCA, the VCA prototype baseline, and the closed-set model)."""
+from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod, build_pixel_ood_method
+from .segmentor import PixelOODSegmentor
+from .closed_set import ClosedSet
+from .rpl import RPL, ResidualPatternBlock
+
+__all__ = [
+    "PIXEL_OOD_METHOD_REGISTRY",
+    "PixelOODMethod",
+    "build_pixel_ood_method",
+    "PixelOODSegmentor",
+    "ClosedSet",
+    "RPL",
+    "ResidualPatternBlock",
+]
