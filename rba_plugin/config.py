@@ -99,6 +99,7 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     cfg.MODEL.MCA.SPLIT_BOUND = "min"
     # x of L_split: "sum" = eta * sum over pixels (paper Eq. 8); "mean" = mean / eta (code).
     cfg.MODEL.MCA.SPLIT_MASS = "sum"
+    cfg.MODEL.MCA.INTER_REDUCTION = "sum"  # over channel pairs i < j (paper Eq. 7); code: "mean"
     cfg.MODEL.MCA.INTER_WEIGHT = 0.1
     cfg.MODEL.MCA.SPLIT_WEIGHT = 0.1
     cfg.MODEL.MCA.REC_WEIGHT = 0.01
@@ -108,6 +109,9 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     cfg.MODEL.MCA.KAPPA = 0.1  # candidate channel threshold (paper); official code 0.15
     cfg.MODEL.MCA.THETA_NOVEL = 0.8
     cfg.MODEL.MCA.CHANNEL_THRESH = 0.5  # binarisation of meta channels
+    # Eq. 13 counts a channel's pixels inside the novel mask (official code); False counts all.
+    cfg.MODEL.MCA.CANDIDATE_INSIDE_MASK = True
+    cfg.MODEL.MCA.MIN_REGION_AREA = 1  # official code: 250 px at stride 4
 
     # VCA open-set prototype baseline (Siam et al.).
     cfg.MODEL.VCA = CfgNode()

@@ -4,6 +4,8 @@ from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod, build_pixel_
 from .segmentor import PixelOODSegmentor
 from .closed_set import ClosedSet
 from .rpl import RPL, ResidualPatternBlock
+from .vca import VCA, PrototypeClassifier
+from .raml import RAML
 
 __all__ = [
     "PIXEL_OOD_METHOD_REGISTRY",
@@ -13,4 +15,7 @@ __all__ = [
     "ClosedSet",
     "RPL",
     "ResidualPatternBlock",
+    "VCA",
+    "PrototypeClassifier",
+    "RAML",
 ]
