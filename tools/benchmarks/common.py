@@ -1,57 +1,53 @@
-"""Timing and peak-memory helpers shared by the benchmarks."""
+"""Timing and peak-memory helpers shared by the benchmarks.
+
+Peak memory is read as the growth of the process's high-water resident set (``ru_maxrss``) while
+the measured code runs, each measurement in a fresh interpreter: sampling RSS from a thread both
+misses short peaks and reads nothing once the allocator has cached pages from an earlier run.
+"""
 from __future__ import annotations
 
-import gc
+import json
+import resource
 import statistics
-import threading
+import subprocess
+import sys
 import time
-from typing import Callable, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List
 
 import psutil
 
-
-class PeakRSS:
-    """Samples the process's resident memory in a thread; ``peak - baseline`` is what ran added."""
-
-    def __init__(self, interval: float = 0.002):
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.baseline = 0
-        self.peak = 0
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> "PeakRSS":
-        gc.collect()
-        self.baseline = self._process.memory_info().rss
-        self.peak = self.baseline
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def added_mib(self) -> float:
-        return (self.peak - self.baseline) / 2**20
+BENCHMARK_SCRIPT = Path(__file__).resolve().parents[1] / "benchmark.py"
 
 
-def time_and_peak(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Tuple[float, float]:
-    """Median milliseconds of ``fn`` over ``repeats`` runs and the peak memory it added (MiB)."""
+def current_rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def time_and_peak(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Dict[str, float]:
+    """Median milliseconds of ``fn`` and the peak memory (MiB) it added to this process.
+
+    Meant to run in a fresh process (see :func:`run_isolated`): the peak is the high-water mark
+    reached while ``fn`` ran minus the resident set just before it.
+    """
+    baseline = current_rss_bytes()
     for _ in range(warmup):
         fn()
-    gc.collect()
     times = []
-    with PeakRSS() as mem:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), mem.added_mib
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"ms": statistics.median(times), "peak_mib": max(0, peak_rss_bytes() - baseline) / 2**20}
+
+
+def run_isolated(args: List[str]) -> Dict[str, float]:
+    """Run ``tools/benchmark.py *args`` in a fresh interpreter; it prints one JSON line last."""
+    proc = subprocess.run([sys.executable, str(BENCHMARK_SCRIPT), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

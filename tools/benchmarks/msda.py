@@ -2,17 +2,22 @@
 
 Batch 1, a 512x1024 input (levels 64x128, 32x64, 16x32), 8 heads, 4 points, 32 channels per
 head, every token a query. Prints forward and forward+backward milliseconds and the peak memory
-each adds, for both implementations, and the oracle / compiled ratios.
+each adds, for both implementations (each measured in a fresh process), and oracle / compiled
+ratios.
 """
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
 from rba_plugin.layers import compiled_op_available, ms_deform_attn, ms_deform_attn_pytorch
 
-from .common import time_and_peak
+from .common import run_isolated, time_and_peak
+
+OPS = {"compiled": ms_deform_attn, "pytorch": ms_deform_attn_pytorch}
+PHASES = ("fwd", "fwd+bwd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "op:phase", internal
 
 
 def make_inputs(height: int, width: int, heads: int = 8, channels: int = 32, points: int = 4):
@@ -34,38 +40,42 @@ def make_inputs(height: int, width: int, heads: int = 8, channels: int = 32, poi
     return value, shapes, starts, locations, weights
 
 
+def measure(op_name: str, phase: str, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    op = OPS[op_name]
+    value, shapes, starts, locations, weights = make_inputs(args.height, args.width)
+
+    def forward():
+        with torch.no_grad():
+            op(value, shapes, starts, locations, weights)
+
+    def forward_backward():
+        v = value.detach().requires_grad_()
+        loc = locations.detach().requires_grad_()
+        w = weights.detach().requires_grad_()
+        op(v, shapes, starts, loc, w).sum().backward()
+
+    return time_and_peak(forward if phase == "fwd" else forward_backward, repeats=args.repeats)
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.child:
+        op_name, phase = args.child.split(":")
+        print(json.dumps(measure(op_name, phase, args)))
+        return
     if not compiled_op_available():
         raise SystemExit("benchmark msda: rba_plugin._C is not built; run `make setup` first")
-    torch.set_num_threads(args.threads)
-    value, shapes, starts, locations, weights = make_inputs(args.height, args.width)
+    common = ["msda", "--threads", str(args.threads), "--repeats", str(args.repeats),
+              "--height", str(args.height), "--width", str(args.width)]
     print(
-        f"msda shapes: levels {shapes.tolist()}, {value.shape[1]} queries, 8 heads x 32 ch, "
-        f"4 points, {args.threads} threads"
+        f"msda: {args.height}x{args.width} input, levels 1/8 1/16 1/32, every token a query, "
+        f"8 heads x 32 ch, 4 points, {args.threads} threads"
     )
-
-    def forward(op):
-        def step():
-            with torch.no_grad():
-                op(value, shapes, starts, locations, weights)
-        return step
-
-    def forward_backward(op):
-        def step():
-            v = value.detach().requires_grad_()
-            loc = locations.detach().requires_grad_()
-            w = weights.detach().requires_grad_()
-            op(v, shapes, starts, loc, w).sum().backward()
-        return step
-
-    results = {}
-    for name, op in (("compiled", ms_deform_attn), ("pytorch", ms_deform_attn_pytorch)):
-        results[name, "fwd"] = time_and_peak(forward(op), repeats=args.repeats)
-        results[name, "fwd+bwd"] = time_and_peak(forward_backward(op), repeats=args.repeats)
-    for phase in ("fwd", "fwd+bwd"):
-        c_ms, c_mem = results["compiled", phase]
-        p_ms, p_mem = results["pytorch", phase]
+    for phase in PHASES:
+        res = {op: run_isolated(common + ["--child", f"{op}:{phase}"]) for op in OPS}
+        c, p = res["compiled"], res["pytorch"]
         print(
-            f"msda {phase:8s} compiled {c_ms:8.1f} ms {c_mem:7.1f} MiB | pytorch {p_ms:8.1f} ms "
-            f"{p_mem:7.1f} MiB | speed-up x{p_ms / c_ms:.2f}, memory ratio x{p_mem / max(c_mem, 0.1):.2f}"
+            f"msda {phase:8s} compiled {c['ms']:8.1f} ms {c['peak_mib']:7.1f} MiB | pytorch "
+            f"{p['ms']:8.1f} ms {p['peak_mib']:7.1f} MiB | speed-up x{p['ms'] / c['ms']:.2f}, "
+            f"peak memory compiled/pytorch {c['peak_mib'] / max(p['peak_mib'], 1e-6):.2f}"
         )
