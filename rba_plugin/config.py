@@ -62,20 +62,27 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     # Official code also uses the raw image's background as "inlier" context: option below.
     cfg.MODEL.RPL.COROCL_OUTLIER_BG_AS_INLIER = True
 
-    # PEBAL (Tian et al., ECCV 2022).
+    # PEBAL (Tian et al., ECCV 2022). Losses from rba_plugin.modeling.ood.losses.
     cfg.MODEL.PEBAL = CfgNode()
-    cfg.MODEL.PEBAL.OOD_REG = 0.1  # lambda of Eq. 2 is the EBM weight; this weights PAL's outlier term (code)
-    cfg.MODEL.PEBAL.ENERGY_WEIGHT = 0.1  # weight of the energy hinge (lambda, Eq. 2)
+    # PAL's outlier-pixel term weight: 1 in the paper's Eq. 2; the official code uses 0.1.
+    cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT = 1.0
+    # Targets of an outlier pixel in PAL: "all" Y+1 labels (paper) or the Y inlier ones (code).
+    cfg.MODEL.PEBAL.PAL_OUTLIER_CLASSES = "all"
+    # Stop gradients through the penalty a = (-E)^2 (official code lets them flow: False).
+    cfg.MODEL.PEBAL.DETACH_PENALTY = False
+    cfg.MODEL.PEBAL.ENERGY_WEIGHT = 0.1  # lambda of Eq. 2 on the energy hinge
     cfg.MODEL.PEBAL.M_IN = -12.0
     cfg.MODEL.PEBAL.M_OUT = -6.0
     # Eq. 8: beta1 on smoothness, beta2 on sparsity (paper). The official code swaps them:
-    # SMOOTH_WEIGHT = 3e-6, SPARSITY_WEIGHT = 5e-4.
+    # SMOOTH_WEIGHT = 3e-6 with SMOOTH_NORM "l2", SPARSITY_WEIGHT = 5e-4 with SPARSITY_NORM "l2"
+    # on outlier pixels only (SPARSITY_ON "outlier").
     cfg.MODEL.PEBAL.SMOOTH_WEIGHT = 5e-4
     cfg.MODEL.PEBAL.SPARSITY_WEIGHT = 3e-6
-    # Let gradients flow through the penalty a = (-E)^2 (official code: True, not detached).
-    cfg.MODEL.PEBAL.DETACH_PENALTY = False
-    # Smooth the penalty a with the 7x7 Gaussian before use (official code); the paper does not.
-    cfg.MODEL.PEBAL.SMOOTH_PENALTY = False
+    cfg.MODEL.PEBAL.SMOOTH_NORM = "l1"  # paper |E - E_N|; code 0.5 (E - E_N)^2
+    cfg.MODEL.PEBAL.SPARSITY_NORM = "l1"  # paper |E|; code ||E||_2
+    cfg.MODEL.PEBAL.SPARSITY_ON = "all"  # paper: every pixel; code: "outlier"
+    # "sum" over pixels (paper and code); "mean" makes the regularisers resolution-independent.
+    cfg.MODEL.PEBAL.REG_REDUCTION = "sum"
 
     # RAML (Dong et al., IJCAI 2022): anomaly stage and MCA incremental few-shot stage.
     cfg.MODEL.RAML = CfgNode()

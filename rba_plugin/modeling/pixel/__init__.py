@@ -6,6 +6,7 @@ from .closed_set import ClosedSet
 from .rpl import RPL, ResidualPatternBlock
 from .vca import VCA, PrototypeClassifier
 from .raml import RAML
+from .pebal import PEBAL
 
 __all__ = [
     "PIXEL_OOD_METHOD_REGISTRY",
@@ -18,4 +19,5 @@ __all__ = [
     "VCA",
     "PrototypeClassifier",
     "RAML",
+    "PEBAL",
 ]
