@@ -43,6 +43,9 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     cfg.MODEL.PIXEL_OOD.EXTRA_TRAINABLE = []
     # Padding multiple of the batched images; -1 = the backbone's own (32 when it has none).
     cfg.MODEL.PIXEL_OOD.SIZE_DIVISIBILITY = -1
+    # Train ids treated as void in training (RAML's incremental settings hold classes out:
+    # "16+1" = [13], "16+3" = [13, 14, 15]); ids are not compacted.
+    cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES = []
 
     # RPL + CoroCL (Liu et al., ICCV 2023).
     cfg.MODEL.RPL = CfgNode()

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from .regions import aggregate_channels, fill_and_label
 
 __all__ = [
+    "NOVEL_SETTINGS",
     "select_candidate_channels",
     "novel_prototype",
     "assign_novel_classes",
@@ -27,6 +28,9 @@ __all__ = [
     "UnknownIoU",
     "IncrementalFewShot",
 ]
+
+# Cityscapes train ids held out as novel in RAML's settings (13 car, 14 truck, 15 bus).
+NOVEL_SETTINGS: Dict[str, Tuple[int, ...]] = {"16+1": (13,), "16+3": (13, 14, 15)}
 
 
 def select_candidate_channels(meta: Tensor, novel_mask: Tensor, kappa: float, inside_mask: bool = True) -> Set[int]:

@@ -42,6 +42,7 @@ class PixelOODSegmentor(nn.Module):
         size_divisibility: int,
         ignore_value: int = 255,
         extra_trainable: Sequence[str] = (),
+        held_out_classes: Sequence[int] = (),
     ):
         super().__init__()
         self.backbone = backbone
@@ -49,6 +50,7 @@ class PixelOODSegmentor(nn.Module):
         self.ood_method = ood_method
         self.size_divisibility = size_divisibility
         self.ignore_value = ignore_value
+        self.held_out_classes = tuple(int(c) for c in held_out_classes)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         prefixes = ood_method.trainable_prefixes("sem_seg_head")
@@ -72,6 +74,7 @@ class PixelOODSegmentor(nn.Module):
             "size_divisibility": size_div,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "extra_trainable": cfg.MODEL.PIXEL_OOD.EXTRA_TRAINABLE,
+            "held_out_classes": cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES,
         }
 
     @property
@@ -96,6 +99,8 @@ class PixelOODSegmentor(nn.Module):
                 raise ValueError("PixelOODSegmentor in training mode needs 'sem_seg' in every input dict")
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
             targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
+            for cls in self.held_out_classes:  # novel classes of the incremental settings
+                targets = targets.masked_fill(targets == cls, self.ignore_value)
             return self.ood_method.losses(self.sem_seg_head, features, images, targets, batched_inputs, self)
         logits, scores, extras = self.ood_method.inference(self.sem_seg_head, features, images)
         return self.postprocess(logits, scores, extras, images, batched_inputs)
