@@ -318,3 +318,38 @@ def test_incremental_few_shot_pipeline_runs_and_paints_novel_regions():
     emb_all = model.ood_method.embed_regions(feats, torch.ones(1, 64, 64))
     assigned, sims = assign_novel_classes(emb_all, torch.stack(learner.prototypes), 0.8)
     assert bool((labels == 7).all()) == (sims[0, 0].item() > 0.8)
+
+
+def test_pick_shots_is_seeded_and_only_takes_images_with_the_class():
+    from rba_plugin.modeling.pixel.incremental import pick_shots
+
+    inputs = []
+    for i in range(6):
+        sem = torch.zeros(4, 4, dtype=torch.long)
+        if i % 2:
+            sem[0, : i] = 13
+        inputs.append({"sem_seg": sem, "id": i})
+    shots = pick_shots(inputs, 13, num_shots=2, seed=3)
+    assert len(shots) == 2 and all(x["id"] % 2 == 1 for x, _ in shots)
+    assert all(torch.equal(m, x["sem_seg"] == 13) for x, m in shots)
+    assert [x["id"] for x, _ in pick_shots(inputs, 13, 2, seed=3)] == [x["id"] for x, _ in shots]
+    with pytest.raises(ValueError, match="class 13"):
+        pick_shots(inputs, 13, num_shots=4)
+
+
+def test_evaluate_incremental_pools_over_images():
+    from rba_plugin.modeling.pixel.incremental import evaluate_incremental
+
+    class FixedLearner:
+        def __init__(self, preds):
+            self.preds = iter(preds)
+
+        def predict(self, inp):
+            return next(self.preds)
+
+    gts = [torch.tensor([[0, 0, 1]]), torch.tensor([[1, 2, 255]])]
+    preds = [torch.tensor([[0, 1, 1]]), torch.tensor([[1, 2, 0]])]
+    res = evaluate_incremental(FixedLearner(preds), [{"sem_seg": g} for g in gts], 3, novel_ids=[2])
+    # pooled: class0 I=1 U=2 -> 0.5; class1 I=2 U=3 -> 2/3; class2 I=1 U=1 -> 1
+    assert res["mIoU_old"] == pytest.approx(100 * (0.5 + 2 / 3) / 2)
+    assert res["mIoU_novel"] == pytest.approx(100.0)

@@ -1,5 +1,5 @@
-"""RAML's incremental few-shot stage (MCA candidate channels, novel prototypes, theta_novel) and
-its metrics (mIoU old / novel / harmonic mean), plus VCA's class-agnostic unknown IoU.
+"""RAML's incremental few-shot stage: MCA candidate channels, aggregation, novel prototypes from
+L shots, theta_novel assignment, and its evaluation (mIoU old / novel / harmonic mean).
 
 Usage with a trained MCA + RAML-head model (``PixelOODSegmentor`` with method ``RAML``)::
 
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from .metrics import UnknownIoU, confusion_matrix, incremental_miou
 from .regions import aggregate_channels, fill_and_label
 
 __all__ = [
@@ -23,10 +24,13 @@ __all__ = [
     "select_candidate_channels",
     "novel_prototype",
     "assign_novel_classes",
+    "IncrementalFewShot",
+    "pick_shots",
+    "evaluate_incremental",
+    # re-exported from .metrics
     "incremental_miou",
     "confusion_matrix",
     "UnknownIoU",
-    "IncrementalFewShot",
 ]
 
 # Cityscapes train ids held out as novel in RAML's settings (13 car, 14 truck, 15 bus).
@@ -70,54 +74,6 @@ def assign_novel_classes(region_embeddings: Tensor, prototypes: Tensor, theta_no
         return torch.full((sims.shape[0],), -1, dtype=torch.long), sims
     best, idx = sims.max(dim=1)
     return torch.where(best > theta_novel, idx, torch.full_like(idx, -1)), sims
-
-
-def confusion_matrix(pred: Tensor, gt: Tensor, num_classes: int, ignore_value: int = 255) -> np.ndarray:
-    """num_classes x num_classes counts, rows = ground truth, columns = prediction."""
-    valid = (gt != ignore_value) & (gt >= 0) & (gt < num_classes)
-    idx = gt[valid].long() * num_classes + pred[valid].long().clamp(0, num_classes - 1)
-    return np.bincount(idx.cpu().numpy(), minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def incremental_miou(confusion: np.ndarray, novel_ids: Sequence[int]) -> Dict[str, float]:
-    """mIoU over old classes, over novel classes and their harmonic mean (percent).
-
-    Classes absent from both ground truth and prediction are left out of the means.
-    """
-    conf = confusion.astype(np.float64)
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
-    novel = np.zeros(len(tp), dtype=bool)
-    novel[list(novel_ids)] = True
-
-    def mean(sel):
-        sel = sel & present
-        return float(iou[sel].mean() * 100) if sel.any() else float("nan")
-
-    old_m, novel_m = mean(~novel), mean(novel)
-    harmonic = 2 * old_m * novel_m / (old_m + novel_m) if old_m + novel_m > 0 else 0.0
-    return {"mIoU_old": old_m, "mIoU_novel": novel_m, "mIoU_harmonic": harmonic, "mIoU_all": mean(np.ones_like(novel))}
-
-
-class UnknownIoU:
-    """Class-agnostic IoU of predicted unknown pixels against anomaly labels (1), pooled over a
-    dataset; label 255 is void (VCA's open-set metric)."""
-
-    def __init__(self):
-        self.intersection = 0
-        self.union = 0
-
-    def update(self, pred_unknown: Tensor, labels: Tensor) -> None:
-        valid = labels != 255
-        gt = (labels == 1) & valid
-        pred = pred_unknown.bool() & valid
-        self.intersection += int((gt & pred).sum())
-        self.union += int((gt | pred).sum())
-
-    def compute(self) -> float:
-        return 100.0 * self.intersection / self.union if self.union else float("nan")
 
 
 class IncrementalFewShot:
@@ -203,3 +159,26 @@ class IncrementalFewShot:
             if cls >= 0:
                 labels[masks[r]] = self.novel_ids[cls]
         return labels
+
+
+def pick_shots(inputs: Sequence[dict], novel_id: int, num_shots: int, seed: int = 0, min_pixels: int = 1) -> List[Tuple[dict, Tensor]]:
+    """L annotated images of a novel class: a seeded choice among the inputs whose ``sem_seg``
+    holds at least ``min_pixels`` of it; returns (input, H x W bool mask) pairs."""
+    candidates = [i for i, x in enumerate(inputs) if int((x["sem_seg"] == novel_id).sum()) >= min_pixels]
+    if len(candidates) < num_shots:
+        raise ValueError(f"class {novel_id}: {len(candidates)} images contain it, {num_shots} shots asked")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:num_shots]
+    return [(inputs[candidates[i]], inputs[candidates[i]]["sem_seg"] == novel_id) for i in order.tolist()]
+
+
+def evaluate_incremental(
+    learner: "IncrementalFewShot", inputs: Iterable[dict], num_classes: int, novel_ids: Sequence[int], ignore_value: int = 255
+) -> Dict[str, float]:
+    """Pooled confusion of ``learner.predict`` against each input's ``sem_seg`` (train ids), then
+    :func:`incremental_miou` (mIoU_old, mIoU_novel, mIoU_harmonic, mIoU_all, percent)."""
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for inp in inputs:
+        pred = learner.predict(inp)
+        gt = inp["sem_seg"][: pred.shape[0], : pred.shape[1]]
+        conf += confusion_matrix(pred, gt, num_classes, ignore_value)
+    return incremental_miou(conf, novel_ids)
