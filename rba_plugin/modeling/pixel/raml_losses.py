@@ -49,10 +49,15 @@ def mca_inter_loss(channels: Tensor, reduction: str = "sum", smooth: float = 1.0
         reduction: "sum" over pairs (paper) or "mean" (official code's average).
     """
     k = channels.shape[1]
-    terms = [dice_coefficient(channels[:, i], channels[:, j], smooth) for i in range(k) for j in range(i + 1, k)]
-    if not terms:
+    if k < 2:
         return channels.sum() * 0.0
-    total = torch.stack(terms)
+    # All pairwise Dice overlaps from one Gram matrix: sum(C_i C_j) = G_ij, sum(C_i^2) = G_ii.
+    flat = channels.transpose(0, 1).reshape(k, -1)
+    gram = flat @ flat.t()
+    diag = gram.diagonal()
+    dice = (2 * gram + smooth) / (diag[:, None] + diag[None, :] + smooth)
+    i, j = torch.triu_indices(k, k, offset=1, device=channels.device)
+    total = dice[i, j]
     if reduction == "sum":
         return total.sum()
     if reduction == "mean":
