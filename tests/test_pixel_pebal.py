@@ -110,3 +110,11 @@ def test_pebal_inference_uses_inlier_logits_and_energy(base_state):
     from rba_plugin.modeling.ood.scores import gaussian_smooth
 
     torch.testing.assert_close(out["ood_score"], gaussian_smooth(-torch.logsumexp(out["sem_seg"], dim=0), 7, 1.0))
+
+
+@pytest.mark.parametrize("key,value", [("SMOOTH_NORM", "l3"), ("SPARSITY_ON", "inlier"), ("REG_REDUCTION", "max")])
+def test_pebal_bad_option_names_the_key(key, value):
+    cfg = tiny_pixel_cfg("PEBAL")
+    setattr(cfg.MODEL.PEBAL, key, value)
+    with pytest.raises(ValueError, match=f"MODEL.PEBAL.{key}"):
+        build_model(cfg)

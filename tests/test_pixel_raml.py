@@ -353,3 +353,14 @@ def test_evaluate_incremental_pools_over_images():
     # pooled: class0 I=1 U=2 -> 0.5; class1 I=2 U=3 -> 2/3; class2 I=1 U=1 -> 1
     assert res["mIoU_old"] == pytest.approx(100 * (0.5 + 2 / 3) / 2)
     assert res["mIoU_novel"] == pytest.approx(100.0)
+
+
+def test_raml_bad_options_name_the_key():
+    cfg = tiny_pixel_cfg("RAML")
+    cfg.MODEL.MCA.ACTIVATION = "tanh"
+    with pytest.raises(ValueError, match="MODEL.MCA.ACTIVATION"):
+        build_model(cfg)
+    cfg = tiny_pixel_cfg("RAML")
+    cfg.MODEL.RAML.STAGE = "novel"
+    with pytest.raises(ValueError, match="MODEL.RAML.STAGE"):
+        build_model(cfg)

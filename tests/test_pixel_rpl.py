@@ -225,3 +225,25 @@ def test_rpl_bad_inlier_target_names_the_key():
     cfg.MODEL.RPL.INLIER_TARGET = "labels"
     with pytest.raises(ValueError, match="MODEL.RPL.INLIER_TARGET"):
         build_model(cfg)
+
+
+def test_rpl_starts_from_a_closed_set_checkpoint_file(tmp_path, base_state):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    base = build_model(tiny_pixel_cfg("ClosedSet"))
+    base.load_state_dict(base_state)
+    DetectionCheckpointer(base, save_dir=str(tmp_path)).save("model_final")
+    rpl = build_model(tiny_pixel_cfg("RPL"))
+    DetectionCheckpointer(rpl).load(str(tmp_path / "model_final.pth"))
+    head_aspp = base.sem_seg_head.decoder["res5"]["project_conv"].state_dict()
+    for k, v in rpl.ood_method.residual.aspp.state_dict().items():
+        assert torch.equal(v, head_aspp[k]), k
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, rpl.state_dict()[k]), k
+    # With the option off, the residual ASPP keeps its own initialisation.
+    cfg = tiny_pixel_cfg("RPL")
+    cfg.MODEL.RPL.INIT_FROM_HEAD_ASPP = False
+    fresh = build_model(cfg)
+    w = fresh.ood_method.residual.aspp.convs[0].weight.clone()
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
+    assert torch.equal(fresh.ood_method.residual.aspp.convs[0].weight, w)

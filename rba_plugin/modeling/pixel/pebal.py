@@ -53,8 +53,15 @@ class PEBAL(PixelOODMethod):
         smooth_sigma: float = 1.0,
     ):
         super().__init__()
-        if sparsity_on not in ("all", "outlier"):
-            raise ValueError(f"MODEL.PEBAL.SPARSITY_ON must be 'all' or 'outlier', got {sparsity_on!r}")
+        for key, value, allowed in (
+            ("SPARSITY_ON", sparsity_on, ("all", "outlier")),
+            ("SMOOTH_NORM", smooth_norm, ("l1", "l2")),
+            ("SPARSITY_NORM", sparsity_norm, ("l1", "l2")),
+            ("REG_REDUCTION", reg_reduction, ("sum", "mean")),
+            ("PAL_OUTLIER_CLASSES", pal_outlier_classes, ("all", "inlier")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"MODEL.PEBAL.{key} must be one of {allowed}, got {value!r}")
         self.abstain = Conv2d(in_channels, 1, kernel_size=1)
         nn.init.kaiming_normal_(self.abstain.weight)  # as the official extra row
         nn.init.zeros_(self.abstain.bias)

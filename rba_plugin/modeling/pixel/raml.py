@@ -116,8 +116,15 @@ class RAML(PixelOODMethod):
         super().__init__()
         if stage not in ("anomaly", "mca"):
             raise ValueError(f"MODEL.RAML.STAGE must be 'anomaly' or 'mca', got {stage!r}")
-        if mca_activation not in ("softmax", "sigmoid"):
-            raise ValueError(f"MODEL.MCA.ACTIVATION must be 'softmax' or 'sigmoid', got {mca_activation!r}")
+        for key, value, allowed in (
+            ("ACTIVATION", mca_activation, ("softmax", "sigmoid")),
+            ("SPLIT_BOUND", mca_split_bound, ("min", "max")),
+            ("SPLIT_MASS", mca_split_mass, ("sum", "mean")),
+            ("INTER_REDUCTION", mca_inter_reduction, ("sum", "mean")),
+            ("KNOWN_LOSS", mca_known_loss, ("nll", "dice_bce")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"MODEL.MCA.{key} must be one of {allowed}, got {value!r}")
         self.stage = stage
         self.num_classes = num_classes
         self.num_meta = num_meta
