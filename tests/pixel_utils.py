@@ -1,7 +1,6 @@
 """Tiny per-pixel models and batches for the tests (CPU, seconds)."""
 from __future__ import annotations
 
-import copy
 
 import torch
 

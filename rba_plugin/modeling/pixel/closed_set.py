@@ -1,7 +1,7 @@
 """The closed-set DeepLabV3+ model (the base every method starts from) scored post hoc."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 from detectron2.config import configurable
 from detectron2.structures import ImageList

@@ -23,6 +23,8 @@ __all__ = [
     "finest_feature_name",
     "decoder_input_channels",
     "classification_block_prefixes",
+    "aspp_feature_name",
+    "upsample_to_input",
 ]
 
 

@@ -9,7 +9,7 @@ Usage with a trained MCA + RAML-head model (``PixelOODSegmentor`` with method ``
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import numpy as np
 import torch

@@ -1,7 +1,7 @@
 """``PixelOODSegmentor``: DeepLabV3+ (Detectron2's DeepLab project) plus a per-pixel OOD method."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 from detectron2.config import configurable
