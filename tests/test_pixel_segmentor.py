@@ -132,3 +132,14 @@ def test_training_needs_sem_seg():
     del batch[0]["sem_seg"]
     with pytest.raises(ValueError, match="sem_seg"):
         model(batch)
+
+
+@pytest.mark.parametrize("path", SYNTH + REAL, ids=lambda p: p.name)
+def test_aspp_pooling_window_divides_the_test_feature_map(path):
+    # DeepLabV3PlusHead pools over crop / stride windows; test images (short side MIN_SIZE_TEST,
+    # long side MAX_SIZE_TEST for 1:2 street scenes) must give feature maps they divide.
+    cfg = _load(path)
+    stride = 32 if cfg.MODEL.RESNETS.RES5_DILATION == 1 else 16
+    crop_h, crop_w = cfg.INPUT.CROP.SIZE
+    test_h, test_w = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+    assert (test_h // stride) % (crop_h // stride) == 0 and (test_w // stride) % (crop_w // stride) == 0
