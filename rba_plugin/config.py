@@ -59,6 +59,7 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     cfg.MODEL.RPL.COROCL_WEIGHT = 1.0  # 0 disables CoroCL (plain RPL)
     cfg.MODEL.RPL.COROCL_TAU = 0.1
     cfg.MODEL.RPL.COROCL_MAX_VIEWS = 512  # pixels sampled per set
+    cfg.MODEL.RPL.EXPAND_LR_MULT = 10.0  # official code: 10x lr on the expand conv (see optim.py)
     cfg.MODEL.RPL.PROJ_DIM = 304  # projector output width (official: the decoder input width)
     # Raw outlier images for CoroCL's contrastive set come in batched_inputs[i]["outlier_image"]
     # with their mask in ["outlier_sem_seg"] (OOD_LABEL on the object, anything else = context).
@@ -110,6 +111,7 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     # x of L_split: "sum" = eta * sum over pixels (paper Eq. 8); "mean" = mean / eta (code).
     cfg.MODEL.MCA.SPLIT_MASS = "sum"
     cfg.MODEL.MCA.INTER_REDUCTION = "sum"  # over channel pairs i < j (paper Eq. 7); code: "mean"
+    cfg.MODEL.MCA.HEAD_LR_MULT = 10.0  # label predictor 0.1 vs feature extractor 0.01 (paper)
     cfg.MODEL.MCA.INTER_WEIGHT = 0.1
     cfg.MODEL.MCA.SPLIT_WEIGHT = 0.1
     cfg.MODEL.MCA.REC_WEIGHT = 0.01

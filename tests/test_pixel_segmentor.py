@@ -143,3 +143,17 @@ def test_aspp_pooling_window_divides_the_test_feature_map(path):
     crop_h, crop_w = cfg.INPUT.CROP.SIZE
     test_h, test_w = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
     assert (test_h // stride) % (crop_h // stride) == 0 and (test_w // stride) % (crop_w // stride) == 0
+
+
+def test_param_groups_hold_only_trainable_parameters_with_the_multipliers():
+    from rba_plugin.modeling.pixel.optim import lr_multipliers_from_config, pixel_param_groups
+
+    cfg = tiny_pixel_cfg("RPL")
+    model = build_model(cfg)
+    groups = pixel_param_groups(model, 1e-4, 0.0, lr_multipliers_from_config(cfg))
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    expand = {id(model.ood_method.residual.expand.weight)}
+    assert by_lr[1e-4 * 10.0] == expand
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert by_lr[1e-4] | expand == trainable and not (by_lr[1e-4] & expand)
+    assert lr_multipliers_from_config(tiny_pixel_cfg("PEBAL")) == {}

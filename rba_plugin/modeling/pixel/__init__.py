@@ -7,6 +7,7 @@ from .rpl import RPL, ResidualPatternBlock
 from .vca import VCA, PrototypeClassifier
 from .raml import RAML
 from .pebal import PEBAL
+from .optim import lr_multipliers_from_config, pixel_param_groups
 
 __all__ = [
     "PIXEL_OOD_METHOD_REGISTRY",
@@ -20,4 +21,6 @@ __all__ = [
     "PrototypeClassifier",
     "RAML",
     "PEBAL",
+    "lr_multipliers_from_config",
+    "pixel_param_groups",
 ]
