@@ -364,3 +364,17 @@ def test_raml_bad_options_name_the_key():
     cfg.MODEL.RAML.STAGE = "novel"
     with pytest.raises(ValueError, match="MODEL.RAML.STAGE"):
         build_model(cfg)
+
+
+def test_run_incremental_setting_end_to_end_on_a_tiny_model():
+    from rba_plugin.modeling.pixel.incremental import run_incremental_setting
+
+    cfg = tiny_pixel_cfg("RAML", num_classes=19)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    pool = tiny_batch(n=3, num_classes=19, seed=11)
+    res = run_incremental_setting(cfg, model, pool, tiny_batch(n=2, num_classes=19, seed=12), setting="16+1", num_shots=2)
+    assert set(res) == {"mIoU_old", "mIoU_novel", "mIoU_harmonic", "mIoU_all"}
+    assert 0.0 <= res["mIoU_old"] <= 100.0 and 0.0 <= res["mIoU_novel"] <= 100.0
+    with pytest.raises(ValueError, match="setting"):
+        run_incremental_setting(cfg, model, pool, [], setting="12+7")

@@ -27,6 +27,7 @@ __all__ = [
     "IncrementalFewShot",
     "pick_shots",
     "evaluate_incremental",
+    "run_incremental_setting",
     # re-exported from .metrics
     "incremental_miou",
     "confusion_matrix",
@@ -182,3 +183,30 @@ def evaluate_incremental(
         gt = inp["sem_seg"][: pred.shape[0], : pred.shape[1]]
         conf += confusion_matrix(pred, gt, num_classes, ignore_value)
     return incremental_miou(conf, novel_ids)
+
+
+def run_incremental_setting(
+    cfg,
+    model,
+    shot_pool: Sequence[dict],
+    test_inputs: Iterable[dict],
+    setting: str = "16+3",
+    num_shots: int = 5,
+    seed: int = 0,
+) -> Dict[str, float]:
+    """RAML's incremental few-shot evaluation in one call.
+
+    ``model``: a trained RAML model (MCA fine-tuned, then its RAML head trained), in which the
+    setting's classes were held out (``MODEL.PIXEL_OOD.HELD_OUT_CLASSES``). ``shot_pool`` and
+    ``test_inputs``: model input dicts with ``"sem_seg"`` ground truth (train ids). Returns
+    :func:`incremental_miou`'s keys.
+    """
+    if setting not in NOVEL_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(NOVEL_SETTINGS)}, got {setting!r}")
+    novel_ids = NOVEL_SETTINGS[setting]
+    learner = IncrementalFewShot.from_config(cfg, model)
+    for offset, novel_id in enumerate(novel_ids):
+        learner.add_shots(novel_id, pick_shots(shot_pool, novel_id, num_shots, seed=seed + offset))
+    return evaluate_incremental(
+        learner, test_inputs, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, novel_ids, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    )
