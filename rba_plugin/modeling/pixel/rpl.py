@@ -78,6 +78,8 @@ class RPL(PixelOODMethod):
     Extra inputs (optional, for CoroCL's contrastive set): ``batched_inputs[i]["outlier_image"]``
     (3 x H' x W' uint8, a raw outlier-pool image) and ``["outlier_sem_seg"]`` (H' x W' long,
     ``INPUT.OOD_LABEL`` on the object). Without them the contrastive set is the anchor set.
+    With a fixed ASPP pooling window (``INPUT.CROP.ENABLED``) the raw image must have the crop's
+    size (the official code centre-crops / pads it to the city crop), or a multiple of it.
     """
 
     @configurable
