@@ -1,4 +1,6 @@
-"""Models. Importing registers the backbone, heads, decoders and meta-architectures."""
+"""Models. Importing registers Mask2Former's backbone, heads, decoders and meta-architecture and
+the per-pixel DeepLabV3+ branch (``pixel``); ``ood`` holds the scores and losses both share."""
+from . import pixel  # noqa: F401  (registers PixelOODSegmentor and the per-pixel methods)
 from .backbone import D2SwinTransformer
 from .criterion import SetCriterion
 from .heads import MaskFormerHead

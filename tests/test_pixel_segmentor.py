@@ -1,0 +1,159 @@
+"""PixelOODSegmentor: configs, building, the plain train / infer interface, errors."""
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+import rba_plugin.modeling.pixel  # noqa: F401
+from rba_plugin.config import get_cfg
+from rba_plugin.modeling.pixel.deeplab_parts import decoder_input, head_logits
+from tests.conftest import REPO_ROOT
+from tests.pixel_utils import tiny_batch, tiny_pixel_cfg
+
+CONFIG_DIR = REPO_ROOT / "configs" / "pixel"
+SYNTH = sorted((CONFIG_DIR / "synth").glob("*.yaml"))
+REAL = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def _load(path: Path):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+@pytest.mark.parametrize("path", SYNTH + REAL, ids=lambda p: p.name)
+def test_every_config_merges_into_get_cfg(path):
+    cfg = _load(path)
+    assert cfg.MODEL.META_ARCHITECTURE == "PixelOODSegmentor"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in SYNTH if not p.name.startswith("Base")], ids=lambda p: p.name)
+def test_synthetic_configs_build_train_and_infer(path):
+    cfg = _load(path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = tiny_batch(n=2, h=256, w=256, num_classes=19, seed=1)
+    model.train()
+    losses = model(batch)
+    assert losses and all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    test = tiny_batch(n=1, h=256, w=512, num_classes=19, seed=2)
+    with torch.no_grad():
+        out = model(test)[0]
+    assert out["sem_seg"].shape == (19, 256, 512)
+    assert out["ood_score"].shape == (256, 512)
+    assert torch.isfinite(out["ood_score"]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in REAL if not p.name.startswith("Base")], ids=lambda p: p.name)
+def test_real_scale_configs_build(path):
+    cfg = _load(path)
+    cfg.MODEL.RESNETS.NORM = cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"  # SyncBN needs a process group
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params > 40e6  # a ResNet-101 DeepLabV3+
+
+
+def test_piecewise_head_reproduces_detectron2_head_exactly():
+    torch.manual_seed(0)
+    model = build_model(tiny_pixel_cfg("ClosedSet"))
+    model.eval()
+    images = model.preprocess_image(tiny_batch(n=1, seed=3))
+    with torch.no_grad():
+        feats = model.backbone(images.tensor)
+        ours = head_logits(model.sem_seg_head, decoder_input(model.sem_seg_head, feats))
+        theirs = model.sem_seg_head.layers(feats)
+    assert torch.equal(ours, theirs)
+
+
+def test_outputs_are_resized_to_the_original_size():
+    cfg = tiny_pixel_cfg("ClosedSet")
+    cfg.MODEL.PIXEL_OOD.SMOOTH_KERNEL = 0
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.eval()
+    batch = tiny_batch(n=2, h=60, w=90, seed=3)  # padded to 64 x 96 inside
+    batch[1]["height"], batch[1]["width"] = 120, 180
+    with torch.no_grad():
+        out = model(batch)
+    assert out[0]["sem_seg"].shape == (4, 60, 90) and out[0]["ood_score"].shape == (60, 90)
+    assert out[1]["sem_seg"].shape == (4, 120, 180) and out[1]["ood_score"].shape == (120, 180)
+    # Max-logit score (higher = more anomalous) of the returned logits.
+    torch.testing.assert_close(out[0]["ood_score"], -out[0]["sem_seg"].max(dim=0).values)
+
+
+def _seeded_loss(model, batch):
+    torch.manual_seed(123)  # the same ASPP dropout mask in every call
+    return model(batch)["loss_sem_seg"]
+
+
+def test_closed_set_ignores_pasted_outliers_and_held_out_classes():
+    cfg = tiny_pixel_cfg("ClosedSet")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    batch = tiny_batch(n=1, seed=4, with_outliers=False)
+    clean = _seeded_loss(model, batch)
+    pasted = tiny_batch(n=1, seed=4, with_outliers=False)
+    pasted[0]["sem_seg"][30:40, 30:40] = 254
+    # Equal to the loss with those pixels marked void.
+    voided = tiny_batch(n=1, seed=4, with_outliers=False)
+    voided[0]["sem_seg"][30:40, 30:40] = 255
+    assert torch.equal(_seeded_loss(model, pasted), _seeded_loss(model, voided))
+    assert not torch.equal(clean, _seeded_loss(model, voided))
+    cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES = [2]
+    torch.manual_seed(0)
+    held = build_model(cfg)
+    held.load_state_dict(model.state_dict())
+    held.train()
+    no2 = tiny_batch(n=1, seed=4, with_outliers=False)
+    no2[0]["sem_seg"][no2[0]["sem_seg"] == 2] = 255
+    assert torch.equal(_seeded_loss(held, batch), _seeded_loss(model, no2))
+    assert not torch.equal(_seeded_loss(held, batch), _seeded_loss(model, batch))
+
+
+def test_unknown_method_names_the_key():
+    cfg = tiny_pixel_cfg("NoSuchMethod")
+    with pytest.raises(ValueError, match="MODEL.PIXEL_OOD.METHOD"):
+        build_model(cfg)
+
+
+def test_training_needs_sem_seg():
+    torch.manual_seed(0)
+    model = build_model(tiny_pixel_cfg("ClosedSet"))
+    model.train()
+    batch = tiny_batch(n=1)
+    del batch[0]["sem_seg"]
+    with pytest.raises(ValueError, match="sem_seg"):
+        model(batch)
+
+
+@pytest.mark.parametrize("path", SYNTH + REAL, ids=lambda p: p.name)
+def test_aspp_pooling_window_divides_the_test_feature_map(path):
+    # DeepLabV3PlusHead pools over crop / stride windows; test images (short side MIN_SIZE_TEST,
+    # long side MAX_SIZE_TEST for 1:2 street scenes) must give feature maps they divide.
+    cfg = _load(path)
+    stride = 32 if cfg.MODEL.RESNETS.RES5_DILATION == 1 else 16
+    crop_h, crop_w = cfg.INPUT.CROP.SIZE
+    test_h, test_w = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+    assert (test_h // stride) % (crop_h // stride) == 0 and (test_w // stride) % (crop_w // stride) == 0
+
+
+def test_param_groups_hold_only_trainable_parameters_with_the_multipliers():
+    from rba_plugin.modeling.pixel.optim import lr_multipliers_from_config, pixel_param_groups
+
+    cfg = tiny_pixel_cfg("RPL")
+    model = build_model(cfg)
+    groups = pixel_param_groups(model, 1e-4, 0.0, lr_multipliers_from_config(cfg))
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    expand = {id(model.ood_method.residual.expand.weight)}
+    assert by_lr[1e-4 * 10.0] == expand
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert by_lr[1e-4] | expand == trainable and not (by_lr[1e-4] & expand)
+    assert lr_multipliers_from_config(tiny_pixel_cfg("PEBAL")) == {}
