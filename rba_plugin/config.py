@@ -10,7 +10,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _detectron2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["get_cfg", "add_maskformer2_config", "add_rba_config", "add_anomaly_data_config", "add_pixel_ood_config"]
+__all__ = ["get_cfg", "add_maskformer2_config", "add_rba_config", "add_anomaly_data_config", "add_pixel_ood_config", "add_checkpoint_config"]
 
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
@@ -364,6 +364,14 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     cfg.MODEL.VCA.TRAIN_BACKBONE = False
 
 
+def add_checkpoint_config(cfg: CfgNode) -> None:
+    """Loading MODEL.WEIGHTS (rba_plugin.engine.SafeCheckpointer)."""
+    # Load a checkpoint whose keys or shapes do not fully match the model (the matching part is
+    # loaded, the rest logged). Off: a mismatch is an error listing the keys, except for modules
+    # the model declares as newly initialised and backbone-only (ImageNet) checkpoints.
+    cfg.MODEL.ALLOW_PARTIAL_LOAD = False
+
+
 def get_cfg() -> CfgNode:
     """Detectron2's default config with every key of the plugin added."""
     cfg = _detectron2_get_cfg()
@@ -372,4 +380,5 @@ def get_cfg() -> CfgNode:
     add_rba_config(cfg)
     add_anomaly_data_config(cfg)
     add_pixel_ood_config(cfg)
+    add_checkpoint_config(cfg)
     return cfg

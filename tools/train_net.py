@@ -11,13 +11,12 @@ The trainer (optimizer, LR schedule, mappers, evaluators) lives in rba_plugin.en
 from __future__ import annotations
 
 import rba_plugin  # noqa: F401  (registers models, mappers and datasets)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from rba_plugin.config import get_cfg
-from rba_plugin.engine import MaskFormerTrainer
+from rba_plugin.engine import MaskFormerTrainer, SafeCheckpointer
 
 
 def setup(args):
@@ -35,7 +34,8 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = MaskFormerTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # Evaluation refuses a checkpoint lacking any module of the model (MODEL.ALLOW_PARTIAL_LOAD overrides).
+        SafeCheckpointer(cfg, model, allow_new_modules=False).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = MaskFormerTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -7,9 +7,8 @@ import weakref
 from typing import Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
@@ -17,6 +16,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import build_train_mapper
+from .checkpoint import SafeCheckpointer
+from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_maskformer_optimizer
 
 __all__ = ["MaskFormerTrainer", "build_evaluator", "unsupported_training_options"]
@@ -82,7 +83,9 @@ class MaskFormerTrainer(DefaultTrainer):
     """``DefaultTrainer`` with Mask2Former's optimizer, poly LR, training mappers and evaluators.
 
     Runs on the device of ``cfg.MODEL.DEVICE``; on CPU, DDP gets no device ids (gloo) and AMP,
-    which detectron2 only supports on CUDA, is turned off with a warning.
+    which detectron2 only supports on CUDA, is turned off with a warning. Checkpoints go through
+    :class:`SafeCheckpointer` (atomic saves, strict loading unless MODEL.ALLOW_PARTIAL_LOAD) and a
+    non-finite loss term stops training with an error naming the term and the iteration.
     """
 
     def __init__(self, cfg):
@@ -104,9 +107,9 @@ class MaskFormerTrainer(DefaultTrainer):
         use_amp = cfg.SOLVER.AMP.ENABLED and on_cuda
         if cfg.SOLVER.AMP.ENABLED and not on_cuda:
             logger.warning("SOLVER.AMP.ENABLED is ignored: mixed precision training needs CUDA (MODEL.DEVICE=%s)", cfg.MODEL.DEVICE)
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (FiniteLossAMPTrainer if use_amp else FiniteLossSimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(cfg, model, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

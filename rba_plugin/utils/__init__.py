@@ -1,0 +1,1 @@
+"""Small helpers: atomic file writing, visualisation of predictions."""

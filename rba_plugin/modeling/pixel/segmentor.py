@@ -30,6 +30,10 @@ class PixelOODSegmentor(nn.Module):
     Parts the method does not train are frozen with :func:`freeze_except` (no gradient, eval mode).
     """
 
+    # The method's own modules: a closed-set checkpoint (MODEL.WEIGHTS of a fine-tuning config)
+    # cannot hold them, so rba_plugin.engine.SafeCheckpointer lets them start untrained.
+    newly_initialized_prefixes = ("ood_method.",)
+
     @configurable
     def __init__(
         self,

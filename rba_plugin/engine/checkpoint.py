@@ -1,0 +1,201 @@
+"""Checkpoints that are written atomically, fail readably, and load only what matches.
+
+``SafeCheckpointer`` is Detectron2's ``DetectionCheckpointer`` with three changes:
+
+* ``save`` writes ``model_XXXXXXX.pth`` and ``last_checkpoint`` to a temporary file first and
+  renames it, so a run killed mid-save leaves the previous checkpoint intact and never points
+  ``last_checkpoint`` at half a file;
+* a missing, truncated or corrupt file raises :class:`CheckpointReadError` naming the file, not a
+  traceback from inside ``torch.load`` / ``pickle``;
+* a checkpoint whose keys or shapes do not match the model raises :class:`CheckpointMismatchError`
+  listing the missing, unexpected and differently shaped keys, unless a partial load is allowed.
+
+What counts as a legitimate partial load without asking:
+
+* when initialising a model for training (``allow_new_modules=True``, the trainer's case):
+  missing keys (and shape differences) under the prefixes the model lists in its attribute
+  ``newly_initialized_prefixes``: modules a fine-tuning method adds on top of a closed-set model
+  (e.g. the per-pixel methods' ``ood_method.``), which the base checkpoint cannot hold. Evaluation
+  (``tools/train_net.py --eval-only``) passes ``allow_new_modules=False``: an untrained head there
+  is an error, not a silent random score;
+* checkpoints Detectron2 loads by name-matching heuristics (``matching_heuristics``: converted
+  ImageNet backbones such as ``R-50.pkl`` or Mask2Former's converted Swin weights), which by design
+  hold only a backbone.
+
+Everything else needs ``MODEL.ALLOW_PARTIAL_LOAD True`` (``allow_partial_load=True``), which
+restores Detectron2's behaviour: load what matches and log the rest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import configurable
+from fvcore.common.checkpoint import _IncompatibleKeys
+from torch import nn
+
+from ..utils.atomic_write import atomic_open
+
+__all__ = ["SafeCheckpointer", "CheckpointReadError", "CheckpointMismatchError", "newly_initialized_prefixes"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED_KEYS = 40
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose keys or shapes do not match the model, with no partial load allowed."""
+
+
+def newly_initialized_prefixes(model: nn.Module) -> Tuple[str, ...]:
+    """State-dict prefixes of modules ``model`` adds on top of the checkpoint it is initialised
+    from (its ``newly_initialized_prefixes`` attribute; none when it has no such attribute)."""
+    model = getattr(model, "module", model)  # DDP-wrapped
+    return tuple(getattr(model, "newly_initialized_prefixes", ()) or ())
+
+
+def _listed(keys: Sequence[str]) -> str:
+    shown = "\n    ".join(keys[:_MAX_LISTED_KEYS])
+    more = f"\n    ... and {len(keys) - _MAX_LISTED_KEYS} more" if len(keys) > _MAX_LISTED_KEYS else ""
+    return f"    {shown}{more}"
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key.startswith(p) for p in prefixes)
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with atomic saves, readable load errors and strict key matching.
+
+    Args:
+        model: the model (DDP wrappers are unwrapped by the base class).
+        save_dir: where ``save`` writes and ``resume_or_load(resume=True)`` looks.
+        allow_partial_load: load the matching part of a checkpoint that does not fully match and
+            log the rest (Detectron2's behaviour) instead of raising.
+        allow_new_modules: accept missing keys under the model's ``newly_initialized_prefixes``
+            (initialisation for fine-tuning); False for evaluation.
+        save_to_disk / checkpointables: as in ``DetectionCheckpointer`` (e.g. ``trainer=``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        allow_partial_load: bool = False,
+        allow_new_modules: bool = True,
+        save_to_disk: Optional[bool] = None,
+        **checkpointables: Any,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_partial_load = allow_partial_load
+        self.allow_new_modules = allow_new_modules
+        self._loading: Optional[str] = None  # file being loaded, for error messages
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, save_dir: Optional[str] = None, *, allow_new_modules: bool = True,
+                    **checkpointables: Any) -> Dict:
+        return {
+            "model": model,
+            "save_dir": cfg.OUTPUT_DIR if save_dir is None else save_dir,
+            "allow_partial_load": cfg.MODEL.ALLOW_PARTIAL_LOAD,
+            "allow_new_modules": allow_new_modules,
+            **checkpointables,
+        }
+
+    # ------------------------------------------------------------------ saving
+
+    def _local_save_dir(self) -> bool:
+        return "://" not in self.save_dir
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._local_save_dir():  # remote storage: the path manager's own semantics
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._local_save_dir():
+            return super().tag_last_checkpoint(last_filename_basename)
+        with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        if path and "://" not in path:
+            local = path.split("?", 1)[0]  # Detectron2 accepts "file?matching_heuristics=True"
+            if not os.path.isfile(local):
+                raise FileNotFoundError(f"checkpoint {local} does not exist")
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            loaded = super()._load_file(filename)
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, ValueError,
+                RuntimeError, AttributeError, ImportError, IndexError, KeyError, TypeError) as error:
+            raise CheckpointReadError(
+                f"cannot read checkpoint {filename}: it is truncated, corrupt or not a checkpoint "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+            raise CheckpointReadError(f"checkpoint {filename} holds no state dict under 'model'")
+        return loaded
+
+    def _load_model(self, checkpoint: Any) -> _IncompatibleKeys:
+        backbone_only = bool(checkpoint.get("matching_heuristics", False))
+        incompatible = super()._load_model(checkpoint)
+        refused = self._refused(incompatible, backbone_only)
+        if refused is not None and not self.allow_partial_load:
+            missing, unexpected, shapes = refused
+            parts = [f"checkpoint {self._loading} does not match the model:"]
+            if missing:
+                parts.append(f"  missing in the checkpoint ({len(missing)}):\n{_listed(missing)}")
+            if unexpected:
+                parts.append(f"  unexpected in the checkpoint ({len(unexpected)}):\n{_listed(unexpected)}")
+            if shapes:
+                rows = [f"{k}: {tuple(c)} in the checkpoint, {tuple(m)} in the model" for k, c, m in shapes]
+                parts.append(f"  different shapes ({len(shapes)}):\n{_listed(rows)}")
+            parts.append("Set MODEL.ALLOW_PARTIAL_LOAD True to load the matching part anyway.")
+            raise CheckpointMismatchError("\n".join(parts))
+        return incompatible
+
+    def _refused(
+        self, incompatible: _IncompatibleKeys, backbone_only: bool
+    ) -> Optional[Tuple[List[str], List[str], List[tuple]]]:
+        """The (missing, unexpected, shape) differences no rule allows; None when there are none."""
+        new = newly_initialized_prefixes(self.model) if self.allow_new_modules else ()
+        missing = [] if backbone_only else [k for k in incompatible.missing_keys if not _under(k, new)]
+        unexpected = list(incompatible.unexpected_keys)
+        shapes = [s for s in incompatible.incorrect_shapes if not _under(s[0], new)]
+        if missing or unexpected or shapes:
+            return missing, unexpected, shapes
+        if incompatible.missing_keys or incompatible.incorrect_shapes:
+            logger.info("Initialised from scratch (not in %s): %d keys under %s", self._loading,
+                        len(incompatible.missing_keys) + len(incompatible.incorrect_shapes),
+                        ", ".join(new) or "the heads of a backbone-only checkpoint")
+        return None

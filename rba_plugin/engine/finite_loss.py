@@ -1,0 +1,51 @@
+"""Stop training at the first non-finite loss term, naming the term and the iteration.
+
+Detectron2 checks only the sum of the losses, on the main process, and its message does not say
+which term broke. The check here runs on every process on its own loss terms, after the backward
+pass and before the optimizer step, so the weights are never updated with NaN gradients.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import torch
+from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils import comm
+
+__all__ = ["NonFiniteLossError", "check_finite_losses", "FiniteLossSimpleTrainer", "FiniteLossAMPTrainer"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite."""
+
+
+def check_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming every non-finite term of ``loss_dict``."""
+    values = {name: float(value.detach()) if torch.is_tensor(value) else float(value) for name, value in loss_dict.items()}
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        terms = ", ".join(f"{name} = {value}" for name, value in sorted(bad.items()))
+        finite = ", ".join(f"{name} = {value:.4g}" for name, value in sorted(values.items()) if name not in bad)
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {iteration} (process {comm.get_rank()}): {terms}"
+            + (f" (other terms: {finite})" if finite else "")
+        )
+
+
+class _FiniteLossCheck:
+    """Mixin for SimpleTrainer subclasses: checks the loss terms where metrics are written, which
+    ``run_step`` does after ``backward`` and before ``optimizer.step``."""
+
+    def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = "",
+                       iter: Optional[int] = None) -> None:
+        check_finite_losses(loss_dict, self.iter if iter is None else iter)
+        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+
+
+class FiniteLossSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
+    """``SimpleTrainer`` that raises :class:`NonFiniteLossError` on a NaN / inf loss term."""
+
+
+class FiniteLossAMPTrainer(_FiniteLossCheck, AMPTrainer):
+    """``AMPTrainer`` that raises :class:`NonFiniteLossError` on a NaN / inf loss term."""

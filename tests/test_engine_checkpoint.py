@@ -1,0 +1,193 @@
+"""SafeCheckpointer: atomic saves, readable errors on bad files, strict key matching and its exceptions."""
+import os
+import pickle
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from torch import nn
+
+from rba_plugin.config import get_cfg
+from rba_plugin.engine import CheckpointMismatchError, CheckpointReadError, SafeCheckpointer
+
+from .conftest import REPO_ROOT
+
+
+class Net(nn.Module):
+    def __init__(self, hidden=4, extra=False, new_head=False):
+        super().__init__()
+        self.backbone = nn.Linear(3, hidden)
+        self.head = nn.Linear(hidden, 2)
+        if extra:
+            self.extra = nn.Linear(2, 2)
+        if new_head:
+            self.ood_head = nn.Linear(2, 1)
+
+
+class NetWithNewHead(Net):
+    newly_initialized_prefixes = ("ood_head.",)
+
+    def __init__(self):
+        super().__init__(new_head=True)
+
+
+def seeded(model_cls, seed, **kwargs):
+    torch.manual_seed(seed)
+    return model_cls(**kwargs)
+
+
+def saved(tmp_path, model, name="model_0000001"):
+    SafeCheckpointer(model, str(tmp_path)).save(name, iteration=1)
+    return str(tmp_path / f"{name}.pth")
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    model = seeded(Net, 0)
+    checkpointer = SafeCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_final")
+    before = (tmp_path / "model_final.pth").read_bytes()
+
+    def torch_save_that_dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torch_save_that_dies_halfway)
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save("model_final")
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save("model_0000009")
+    # The previous file is intact, nothing half-written exists, last_checkpoint was not moved.
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_saved_checkpoint_round_trips(tmp_path):
+    source, target = seeded(Net, 0), seeded(Net, 1)
+    path = saved(tmp_path, source)
+    extra = SafeCheckpointer(target).load(path)
+    assert extra["iteration"] == 1
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_a_state_dict"])
+def test_unreadable_checkpoint_names_the_file(tmp_path, damage):
+    path = saved(tmp_path, seeded(Net, 0))
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        if damage == "truncated":
+            f.write(data[: len(data) // 2])
+        elif damage == "garbage":
+            f.write(os.urandom(256))
+        elif damage == "not_a_state_dict":
+            torch.save({"model": [1, 2, 3]}, f)
+    with pytest.raises(CheckpointReadError) as error:
+        SafeCheckpointer(seeded(Net, 1)).load(path)
+    assert path in str(error.value)
+
+
+def test_corrupt_pkl_and_missing_file_name_the_file(tmp_path):
+    pkl = tmp_path / "backbone.pkl"
+    pkl.write_bytes(pickle.dumps({"model": {}, "__author__": "x"})[:10])
+    with pytest.raises(CheckpointReadError, match=str(pkl)):
+        SafeCheckpointer(seeded(Net, 1)).load(str(pkl))
+    missing = str(tmp_path / "nowhere" / "model_final.pth")
+    with pytest.raises(FileNotFoundError, match=missing):
+        SafeCheckpointer(seeded(Net, 1)).load(missing)
+
+
+def test_resume_from_a_corrupt_last_checkpoint_names_it(tmp_path):
+    path = saved(tmp_path, seeded(Net, 0))
+    open(path, "r+b").truncate(100)
+    with pytest.raises(CheckpointReadError, match="model_0000001.pth"):
+        SafeCheckpointer(seeded(Net, 1), str(tmp_path)).resume_or_load("", resume=True)
+
+
+def test_key_mismatch_lists_keys_and_refuses(tmp_path):
+    path = saved(tmp_path, seeded(Net, 0, extra=True))  # has extra.*: unexpected for Net
+    model = seeded(Net, 1, hidden=5)  # backbone / head shapes differ
+    with pytest.raises(CheckpointMismatchError) as error:
+        SafeCheckpointer(model).load(path)
+    message = str(error.value)
+    assert path in message and "MODEL.ALLOW_PARTIAL_LOAD" in message
+    assert "unexpected in the checkpoint (2)" in message and "extra.weight" in message and "extra.bias" in message
+    assert "different shapes (3)" in message and "backbone.weight: (4, 3) in the checkpoint, (5, 3) in the model" in message
+    # Missing keys: a checkpoint without the head.
+    state = torch.load(path, weights_only=False)
+    state["model"] = {k: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError) as error:
+        SafeCheckpointer(seeded(Net, 1)).load(path)
+    assert "missing in the checkpoint (2)" in str(error.value) and "head.weight" in str(error.value)
+
+
+def test_partial_load_when_asked_loads_what_matches(tmp_path):
+    source = seeded(Net, 0)
+    path = saved(tmp_path, source)
+    state = torch.load(path, weights_only=False)
+    state["model"] = {k: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    torch.save(state, path)
+    cfg = get_cfg()
+    cfg.MODEL.ALLOW_PARTIAL_LOAD = True
+    target = seeded(Net, 1)
+    head_before = target.head.weight.clone()
+    SafeCheckpointer(cfg, target).load(path)  # config form
+    assert torch.equal(target.backbone.weight, source.backbone.weight)
+    assert torch.equal(target.head.weight, head_before)  # left as initialised
+
+
+def test_declared_new_modules_may_be_missing_for_training_only(tmp_path):
+    base = seeded(Net, 0)
+    path = saved(tmp_path, base)
+    model = seeded(NetWithNewHead, 1)
+    SafeCheckpointer(model).load(path)  # training initialisation: ood_head starts untrained
+    assert torch.equal(model.head.weight, base.head.weight)
+    with pytest.raises(CheckpointMismatchError, match="ood_head.weight"):
+        SafeCheckpointer(seeded(NetWithNewHead, 1), allow_new_modules=False).load(path)  # evaluation
+    # Only the declared prefix is excused: a checkpoint lacking the head as well is refused.
+    state = torch.load(path, weights_only=False)
+    state["model"].pop("head.bias")
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError) as error:
+        SafeCheckpointer(seeded(NetWithNewHead, 1)).load(path)
+    assert "missing in the checkpoint (1)" in str(error.value) and "head.bias" in str(error.value)
+
+
+def test_backbone_pretraining_checkpoint_loads(tmp_path):
+    # Detectron2's format for converted ImageNet backbones (R-50.pkl, Mask2Former's Swin .pkl).
+    source = seeded(Net, 0)
+    weights = {k.replace("backbone.", ""): v.numpy() for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    path = tmp_path / "backbone.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f)
+    target = seeded(Net, 1)
+    SafeCheckpointer(target).load(str(path))
+    assert torch.equal(target.backbone.weight, source.backbone.weight)
+
+
+def _pixel_cfg(name):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "pixel" / "synth" / f"{name}.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["rpl", "pebal", "raml", "vca"])
+def test_fine_tune_configs_initialise_from_a_closed_set_checkpoint(tmp_path, method):
+    # What configs/pixel/synth/<method>.yaml's MODEL.WEIGHTS does: a closed-set model's checkpoint
+    # into a model with the method's new modules.
+    closed = build_model(_pixel_cfg("closed_set"))
+    path = saved(tmp_path, closed, "model_final")
+    cfg = _pixel_cfg(method)
+    model = build_model(cfg)
+    SafeCheckpointer(cfg, model).resume_or_load(path, resume=False)
+    reference = closed.state_dict()
+    loaded = model.state_dict()
+    shared = [k for k in reference if k in loaded]
+    assert shared and all(torch.equal(loaded[k], reference[k]) for k in shared)
+    # Evaluating that model without its trained method modules is refused.
+    with pytest.raises(CheckpointMismatchError, match="ood_method."):
+        SafeCheckpointer(cfg, build_model(cfg), allow_new_modules=False).load(path)
