@@ -7,6 +7,7 @@ from detectron2.config import configurable
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
+from ..ood.scores import get_score_function
 from .deeplab_parts import decoder_input, head_logits, upsample_to_input
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
 from .scoring import score_map
@@ -32,6 +33,10 @@ class ClosedSet(PixelOODMethod):
 
     @classmethod
     def from_config(cls, cfg, sem_seg_head):
+        try:  # checked when the model is built, not at the first evaluated image
+            get_score_function(cfg.MODEL.PIXEL_OOD.SCORE)
+        except ValueError as error:
+            raise ValueError(f"MODEL.PIXEL_OOD.SCORE: {error}") from None
         return {
             "score_name": cfg.MODEL.PIXEL_OOD.SCORE,
             "ood_label": cfg.INPUT.OOD_LABEL,
