@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Run a trained model on images and save anomaly heat-maps, colour segmentations and score maps.
+
+    python tools/demo.py --config-file CFG --input img.png|folder [more ...] --output DIR \\
+        [--score rba] [--score-format npy png16] --opts MODEL.WEIGHTS path/to/model_final.pth
+
+Per input image ``<stem>``, under DIR:
+  <stem>_anomaly.png   anomaly heat-map (bright = anomalous) blended over the image
+  <stem>_sem_seg.png   closed-set segmentation in the dataset's palette (Cityscapes by default)
+  <stem>_panel.png     image | segmentation | heat-map side by side
+  <stem>_score.npy     the raw H x W anomaly score, float32
+  <stem>_score.png     the same as a 16-bit PNG over its range (text chunks score_min / score_max)
+
+Grayscale, 16-bit, palette and RGBA images are converted to RGB. ``--score NAME`` reports the
+model's ``ood_scores[NAME]`` when it computes it, else the registered score NAME of its class
+scores; without it, the model's ``ood_score`` (RbA of the class scores if it has none).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import rba_plugin  # noqa: F401  (registers models and datasets)
+from detectron2.utils.logger import setup_logger
+from rba_plugin.config import get_cfg
+from rba_plugin.engine.predictor import AnomalyPredictor, read_rgb_image
+from rba_plugin.modeling.ood import available_scores
+from rba_plugin.utils.prediction_files import SCORE_FORMATS, write_prediction_files
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", required=True, nargs="+", help="image files and / or folders of images")
+    parser.add_argument("--output", required=True, help="folder for the result files (created)")
+    parser.add_argument("--score", default=None, help=f"anomaly score to show; one of {', '.join(available_scores())}")
+    parser.add_argument("--score-format", nargs="+", default=list(SCORE_FORMATS), choices=SCORE_FORMATS)
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def list_images(inputs: Sequence[str]) -> List[Path]:
+    """Files given directly plus the image files of given folders (sorted, not recursive)."""
+    images: List[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {item} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise FileNotFoundError(f"input {item} does not exist")
+    return images
+
+
+def output_stems(images: Sequence[Path]) -> List[str]:
+    """File stems, with the extension kept where two inputs share a stem (a.png, a.jpg)."""
+    stems = [p.stem for p in images]
+    return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in images]
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def main(argv: Sequence[str] = None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="rba_plugin")
+    logger = logging.getLogger("rba_plugin.demo")
+    cfg = setup_cfg(args)
+    images = list_images(args.input)  # bad paths fail before the model is built
+    predictor = AnomalyPredictor(cfg, score_name=args.score)
+    os.makedirs(args.output, exist_ok=True)
+    class_dim = 0
+    score_names = set()
+    for path, stem in zip(tqdm(images, desc="demo", unit="image"), output_stems(images)):
+        image = read_rgb_image(str(path))
+        output = predictor(image, file_name=str(path))
+        class_ids = output["sem_seg"].argmax(dim=class_dim).cpu().numpy()
+        write_prediction_files(args.output, stem, image, class_ids, output["anomaly"], predictor.palette,
+                               score_formats=args.score_format)
+        score_names.add(output["anomaly_name"])
+    logger.info("%d images -> %s (anomaly score: %s)", len(images), args.output, ", ".join(sorted(score_names)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
