@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..utils.atomic_write import atomic_open
 from .pixel_histogram import PixelHistogram
 
 __all__ = ["write_curves"]
@@ -56,6 +57,7 @@ def write_curves(histograms: Dict[str, PixelHistogram], results: Dict[str, Dict[
         axes.legend(loc="lower right" if kind == "roc" else "upper right", fontsize=7)
         axes.set_title(os.path.basename(prefix))
         path = f"{prefix}_{kind}.png"
-        figure.savefig(path)
+        with atomic_open(path, "wb") as f:  # a crash never leaves half a PNG
+            figure.savefig(f, format="png")
         paths.append(path)
     return paths

@@ -17,6 +17,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..data.anomaly_datasets import load_anomaly_label, load_sem_seg_label
+from ..utils.atomic_write import atomic_open
 from .anomaly_metrics import AnomalyMetrics, to_numpy
 from .components import TRACK_SIZE_FILTERS, ComponentStats
 from .curves import write_curves
@@ -261,8 +262,6 @@ class OODEvaluator(DatasetEvaluator):
         # Written to a temporary name first so a crash never leaves half a JSON behind.
         payload = {"dataset": self.dataset_name, "component_sizes": list(self.component_sizes),
                    "results": copy.deepcopy(dict(results))}
-        tmp = base + ".json.tmp"
-        with open(tmp, "w") as f:
+        with atomic_open(base + ".json", "w") as f:
             json.dump(payload, f, indent=2)
-        os.replace(tmp, base + ".json")
         self._logger.info("OOD results of %s written to %s.json", self.dataset_name, base)

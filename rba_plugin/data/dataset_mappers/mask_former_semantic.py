@@ -53,6 +53,15 @@ def build_semantic_train_augmentations(cfg) -> List[T.Augmentation]:
     return augs
 
 
+def _read_file(path: str, what: str, format=None) -> np.ndarray:
+    """``detectron2.data.detection_utils.read_image`` with errors that name the file (PIL's
+    "image file is truncated" does not)."""
+    try:
+        return utils.read_image(path, format=format)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(f"cannot read {what} {path}: {error}") from error
+
+
 @register_train_mapper("mask_former_semantic")
 class MaskFormerSemanticDatasetMapper:
     """Maps a semantic-segmentation dataset dict ("file_name", "sem_seg_file_name", "height",
@@ -107,7 +116,7 @@ class MaskFormerSemanticDatasetMapper:
 
     def _read(self, dataset_dict: Dict) -> Tuple[np.ndarray, np.ndarray]:
         file_name = dataset_dict["file_name"]
-        image = utils.read_image(file_name, format=self.img_format)
+        image = _read_file(file_name, "image", format=self.img_format)
         if "height" in dataset_dict or "width" in dataset_dict:
             expected = (dataset_dict.get("height"), dataset_dict.get("width"))
             if expected != image.shape[:2]:
@@ -120,7 +129,7 @@ class MaskFormerSemanticDatasetMapper:
             raise ValueError(f"{file_name}: the dataset dict has no 'sem_seg_file_name' (semantic labels are required)")
         if "annotations" in dataset_dict:
             raise ValueError(f"{file_name}: a semantic-segmentation dataset dict must not have 'annotations'")
-        sem_seg = utils.read_image(label_file).astype("double")
+        sem_seg = _read_file(label_file, "label").astype("double")
         if sem_seg.ndim != 2:
             raise ValueError(f"{label_file}: a label map must have one channel, got shape {sem_seg.shape}")
         if sem_seg.shape != image.shape[:2]:
