@@ -6,6 +6,10 @@ import sys
 import pytest
 import torch
 from detectron2.engine import default_argument_parser
+from detectron2.modeling import build_model
+
+from rba_plugin.config import get_cfg
+from rba_plugin.engine import SafeCheckpointer
 
 from .conftest import REPO_ROOT
 from .m2f_scenes import register_scenes
@@ -100,3 +104,9 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
     final = torch.load(tmp_path / "out" / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 2
     assert "mIoU" in log
+    # The 2-process checkpoint loads strictly (every key, no DDP "module." prefix) into a plain model.
+    cfg = get_cfg()
+    cfg.merge_from_file(CONFIG)
+    model = build_model(cfg)
+    SafeCheckpointer(model).load(str(tmp_path / "out" / "model_final.pth"))
+    assert all(torch.equal(value, final["model"][key]) for key, value in model.state_dict().items())

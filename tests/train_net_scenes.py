@@ -8,7 +8,8 @@ Registers, in this process and in every worker ``launch`` spawns (they re-import
 * ``scenes_ood``: the same images as an anomaly dataset (evaluator "ood"): the car is the
   "anomaly", the void strip is void, everything else in-distribution; with train-id labels.
 
-The files are written once, by the parent, before any worker starts.
+The files are written once, by the parent, before any worker starts. Tests may also import
+``write_dataset`` / ``register`` and register the same data under another prefix in-process.
 """
 import sys
 from pathlib import Path
@@ -27,7 +28,6 @@ from tests.m2f_scenes import NUM_CLASSES, write_scenes  # noqa: E402
 
 CAR = 13
 COUNT, HEIGHT, WIDTH = 4, 32, 64
-SCENES_DIR = Path(sys.argv[1])
 
 
 def write_dataset(root: Path) -> None:
@@ -48,20 +48,22 @@ def sem_dicts(root: Path):
     ]
 
 
-def register(root: Path) -> None:
-    DatasetCatalog.register("scenes_sem", lambda: sem_dicts(root))
-    MetadataCatalog.get("scenes_sem").set(
+def register(root: Path, prefix: str = "scenes") -> None:
+    DatasetCatalog.register(f"{prefix}_sem", lambda: sem_dicts(root))
+    MetadataCatalog.get(f"{prefix}_sem").set(
         stuff_classes=[str(i) for i in range(NUM_CLASSES)], ignore_label=255, evaluator_type="sem_seg"
     )
     register_anomaly_dataset(
-        "scenes_ood", root / "sem", root / "ood", image_suffix=".png", label_suffix="_anomaly.png",
+        f"{prefix}_ood", root / "sem", root / "ood", image_suffix=".png", label_suffix="_anomaly.png",
         label_map={0: 0, 1: 1, 255: 255}, sem_seg_root=root / "sem", sem_seg_suffix="_label.png",
         component_sizes=(2, 2),
     )
 
 
-register(SCENES_DIR)
-import train_net  # noqa: E402
+if __name__ in ("__main__", "__mp_main__"):  # the script and the workers launch spawns
+    SCENES_DIR = Path(sys.argv[1])
+    register(SCENES_DIR)
+    import train_net  # noqa: E402
 
 if __name__ == "__main__":
     if not (SCENES_DIR / "ood").is_dir():
