@@ -64,6 +64,24 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
 
 
+def test_resume_removes_what_a_killed_save_left(tmp_path):
+    source = seeded(Net, 0)
+    saved(tmp_path, source)
+    stale = [tmp_path / ".model_0000004.pth.k2j3h4.tmp", tmp_path / ".last_checkpoint.x8y9.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    keep = tmp_path / ".notes.tmp"  # not ours
+    keep.write_text("x")
+    # An evaluation reading the folder of a run that may be saving leaves its files alone ...
+    SafeCheckpointer(seeded(Net, 1), str(tmp_path)).resume_or_load("", resume=True)
+    assert all(p.exists() for p in stale)
+    # ... the training run resuming in its own folder removes them.
+    target = seeded(Net, 1)
+    assert SafeCheckpointer(target, str(tmp_path), owns_save_dir=True).resume_or_load("", resume=True)["iteration"] == 1
+    assert not any(p.exists() for p in stale) and keep.exists()
+    assert torch.equal(target.head.weight, source.head.weight)
+
+
 def test_saved_checkpoint_round_trips(tmp_path):
     source, target = seeded(Net, 0), seeded(Net, 1)
     path = saved(tmp_path, source)

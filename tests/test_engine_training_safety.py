@@ -121,6 +121,7 @@ def test_sigkill_then_resume_continues_with_same_iteration_and_lr(tmp_path):
     scheduler = final["trainer"]["hooks"]["LRScheduler"]
     assert scheduler["last_epoch"] == max_iter  # one step per iteration over both runs
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("model_*.pth") if p.name in earlier} == earlier
+    assert not list(out.glob(".*.tmp"))  # nothing half-written left, even if the kill hit a save
     # LR of the resumed run's iterations (metrics.json is written at its last iteration): the
     # poly schedule continued, not restarted at the resume point.
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]

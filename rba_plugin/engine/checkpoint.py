@@ -4,7 +4,7 @@
 
 * ``save`` writes ``model_XXXXXXX.pth`` and ``last_checkpoint`` to a temporary file first and
   renames it, so a run killed mid-save leaves the previous checkpoint intact and never points
-  ``last_checkpoint`` at half a file;
+  ``last_checkpoint`` at half a file (the hidden temporary it leaves is removed on ``--resume``);
 * a missing, truncated or corrupt file raises :class:`CheckpointReadError` naming the file, not a
   traceback from inside ``torch.load`` / ``pickle``;
 * a checkpoint whose keys or shapes do not match the model raises :class:`CheckpointMismatchError`
@@ -83,6 +83,9 @@ class SafeCheckpointer(DetectionCheckpointer):
             log the rest (Detectron2's behaviour) instead of raising.
         allow_new_modules: accept missing keys under the model's ``newly_initialized_prefixes``
             (initialisation for fine-tuning); False for evaluation.
+        owns_save_dir: this checkpointer is the only writer of ``save_dir`` (the training run's):
+            ``resume_or_load(resume=True)`` then deletes temporaries an interrupted save left.
+            Off for evaluation, which may read the folder of a run that is still saving.
         save_to_disk / checkpointables: as in ``DetectionCheckpointer`` (e.g. ``trainer=``).
     """
 
@@ -94,22 +97,25 @@ class SafeCheckpointer(DetectionCheckpointer):
         *,
         allow_partial_load: bool = False,
         allow_new_modules: bool = True,
+        owns_save_dir: bool = False,
         save_to_disk: Optional[bool] = None,
         **checkpointables: Any,
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_partial_load = allow_partial_load
         self.allow_new_modules = allow_new_modules
+        self.owns_save_dir = owns_save_dir
         self._loading: Optional[str] = None  # file being loaded, for error messages
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, save_dir: Optional[str] = None, *, allow_new_modules: bool = True,
-                    **checkpointables: Any) -> Dict:
+                    owns_save_dir: bool = False, **checkpointables: Any) -> Dict:
         return {
             "model": model,
             "save_dir": cfg.OUTPUT_DIR if save_dir is None else save_dir,
             "allow_partial_load": cfg.MODEL.ALLOW_PARTIAL_LOAD,
             "allow_new_modules": allow_new_modules,
+            "owns_save_dir": owns_save_dir,
             **checkpointables,
         }
 
@@ -140,7 +146,22 @@ class SafeCheckpointer(DetectionCheckpointer):
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)
 
+    def _remove_stale_temporaries(self) -> None:
+        # A run killed while saving leaves its hidden temporary file behind. Only the owner (the
+        # training run's main process) saves there, and it is not saving while it resumes.
+        if not os.path.isdir(self.save_dir):
+            return
+        for name in os.listdir(self.save_dir):
+            if name.startswith(".") and name.endswith(".tmp") and (".pth." in name or name.startswith(".last_checkpoint.")):
+                os.remove(os.path.join(self.save_dir, name))
+                self.logger.info("Removed %s, a checkpoint left half-written by an interrupted run", name)
+
     # ------------------------------------------------------------------ loading
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        if resume and self.owns_save_dir and self.save_dir and self.save_to_disk and self._local_save_dir():
+            self._remove_stale_temporaries()
+        return super().resume_or_load(path, resume=resume)
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         if path and "://" not in path:

@@ -109,7 +109,7 @@ class MaskFormerTrainer(DefaultTrainer):
             logger.warning("SOLVER.AMP.ENABLED is ignored: mixed precision training needs CUDA (MODEL.DEVICE=%s)", cfg.MODEL.DEVICE)
         self._trainer = (FiniteLossAMPTrainer if use_amp else FiniteLossSimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SafeCheckpointer(cfg, model, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(cfg, model, owns_save_dir=True, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
