@@ -209,3 +209,23 @@ def test_fine_tune_configs_initialise_from_a_closed_set_checkpoint(tmp_path, met
     # Evaluating that model without its trained method modules is refused.
     with pytest.raises(CheckpointMismatchError, match="ood_method."):
         SafeCheckpointer(cfg, build_model(cfg), allow_new_modules=False).load(path)
+
+
+def test_mask2former_densehybrid_fine_tuning_initialises_from_closed_set(tmp_path):
+    # RbA's DenseHybrid variant adds sem_seg_head.outlier_head to the closed-set Mask2Former.
+    def m2f_cfg(*opts):
+        cfg = get_cfg()
+        cfg.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"))
+        cfg.merge_from_list(list(opts))
+        return cfg
+
+    closed = build_model(m2f_cfg())
+    path = saved(tmp_path, closed, "model_final")
+    cfg = m2f_cfg("MODEL.MASK_FORMER.OOD_SCORES", "['densehybrid']", "MODEL.WEIGHTS", path)
+    model = build_model(cfg)
+    assert model.newly_initialized_prefixes == ("sem_seg_head.outlier_head.",)
+    SafeCheckpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in closed.state_dict().items())
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)missing in the checkpoint \(6\).*sem_seg_head.outlier_head.conv.weight"):
+        SafeCheckpointer(cfg, build_model(cfg), allow_new_modules=False).load(path)
+    assert build_model(m2f_cfg()).newly_initialized_prefixes == ()  # the closed-set model adds nothing

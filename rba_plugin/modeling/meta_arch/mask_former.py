@@ -110,6 +110,12 @@ class MaskFormer(nn.Module):
         }
 
     @property
+    def newly_initialized_prefixes(self) -> Tuple[str, ...]:
+        # DenseHybrid's outlier head is added for fine-tuning, so the closed-set checkpoint in
+        # MODEL.WEIGHTS cannot hold it (rba_plugin.engine.SafeCheckpointer lets it start untrained).
+        return ("sem_seg_head.outlier_head.",) if getattr(self.sem_seg_head, "outlier_head", None) is not None else ()
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
