@@ -5,6 +5,11 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
     python tools/train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR's last checkpoint
     python tools/train_net.py --config-file CFG --num-gpus 2      # one process per GPU (gloo on CPU)
+    python tools/train_net.py --config-file CFG --num-gpus 8 --num-machines 2 --machine-rank 0|1 \\
+        --dist-url tcp://HOST_OF_RANK_0:29500                      # two machines, run on each
+    python tools/train_net.py --config-file CFG MODEL.ALLOW_PARTIAL_LOAD True  # load a mismatched MODEL.WEIGHTS
+
+A NaN / inf loss term stops training with an error naming it; checkpoints are written atomically.
 
 The trainer (optimizer, LR schedule, mappers, evaluators) lives in rba_plugin.engine.
 """
