@@ -14,7 +14,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from rba_plugin.config import get_cfg
-from rba_plugin.engine import MaskFormerTrainer, NonFiniteLossError
+from rba_plugin.engine import MaskFormerTrainer, NonFiniteLossError, check_finite_losses
 
 from .conftest import REPO_ROOT
 from .m2f_scenes import register_scenes
@@ -60,6 +60,14 @@ def test_non_finite_loss_names_term_and_iteration(tmp_path):
     assert "other terms: loss_stable = " in message  # the finite term is not blamed
     # The NaN step never reached the optimizer: the weights are finite.
     assert torch.isfinite(trainer.model.weight).all()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_check_names_every_non_finite_term(bad):
+    losses = {"loss_ce": torch.tensor(0.5), "loss_mask": torch.tensor(bad), "loss_dice": torch.tensor([bad])}
+    with pytest.raises(NonFiniteLossError, match=rf"iteration 41 .*loss_dice = {bad}, loss_mask = {bad} \(other terms: loss_ce = 0.5\)"):
+        check_finite_losses(losses, 41)
+    check_finite_losses({"loss_ce": torch.tensor(0.5), "loss_mask": 1e30}, 41)  # large but finite passes
 
 
 def _opts(out_dir, *extra):

@@ -22,6 +22,9 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
     """Raise :class:`NonFiniteLossError` naming every non-finite term of ``loss_dict``."""
+    tensors = [v.detach().float().reshape(()) for v in loss_dict.values() if torch.is_tensor(v)]
+    if len(tensors) == len(loss_dict) and (not tensors or bool(torch.isfinite(torch.stack(tensors)).all())):
+        return  # one device sync per step in the common case
     values = {name: float(value.detach()) if torch.is_tensor(value) else float(value) for name, value in loss_dict.items()}
     bad = {name: value for name, value in values.items() if not math.isfinite(value)}
     if bad:
