@@ -2,6 +2,7 @@
 from .color_aug_ssd import ColorAugSSD, ColorAugSSDTransform
 from .registry import build_train_mapper, register_train_mapper, registered_train_mappers
 from .mask_former_semantic import MaskFormerSemanticDatasetMapper, OutlierPaster, build_semantic_train_augmentations
+from .pixel_semantic_outlier import PixelSemanticOutlierMapper
 
 __all__ = [
     "register_train_mapper",
@@ -12,4 +13,5 @@ __all__ = [
     "MaskFormerSemanticDatasetMapper",
     "OutlierPaster",
     "build_semantic_train_augmentations",
+    "PixelSemanticOutlierMapper",
 ]
