@@ -25,48 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import rba_plugin  # noqa: E402,F401  (registers models, mappers and datasets)
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from rba_plugin.config import get_cfg  # noqa: E402
-from rba_plugin.engine import MaskFormerTrainer  # noqa: E402
 from rba_plugin.engine.comparison import DEFAULT_METHODS, PRESETS, Budget, MethodEntry, run_comparison  # noqa: E402
-
-
-def _setup(config_file: str, opts: List[str]):
-    """Config and logging exactly as tools/train_net.py's setup does."""
-    args = default_argument_parser().parse_args(["--config-file", config_file, *opts])
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, name="rba_plugin")
-    return cfg
+from rba_plugin.engine.runs import evaluate_run, load_run_model, setup_run, train_run  # noqa: E402
 
 
 def train_and_evaluate(entry: MethodEntry, config_file: str, opts: List[str], ood_dataset: str,
                        miou_dataset: Optional[str]) -> Mapping[str, Mapping]:
     """Trains ``entry`` (unless ``entry.train`` is False: then loads MODEL.WEIGHTS) without
     evaluating, then evaluates on the OOD (and mIoU) datasets; ``{dataset: results}``."""
-    datasets = tuple(d for d in (miou_dataset, ood_dataset) if d)
-    cfg = _setup(config_file, [*opts, "DATASETS.TEST", "()"])  # no evaluation inside training
-    if entry.train:
-        trainer = MaskFormerTrainer(cfg)
-        trainer.resume_or_load(resume=False)
-        trainer.train()
-        model = trainer.model
-    else:
-        model = MaskFormerTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
-    eval_cfg = cfg.clone()
-    eval_cfg.defrost()
-    eval_cfg.DATASETS.TEST = datasets
-    eval_cfg.freeze()
-    results = MaskFormerTrainer.test(eval_cfg, model)
-    # Detectron2 unwraps the results of a single dataset.
-    return results if len(datasets) > 1 else {datasets[0]: results}
+    cfg = setup_run(config_file, [*opts, "DATASETS.TEST", "()"])  # no evaluation inside training
+    model = train_run(cfg) if entry.train else load_run_model(cfg)
+    return evaluate_run(cfg, model, [d for d in (miou_dataset, ood_dataset) if d])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
