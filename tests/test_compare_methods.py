@@ -146,3 +146,7 @@ def test_tool_runs_one_pixel_method_for_real(tmp_path_factory):
     final = (out / "runs" / "pixel_raml" / "model_final.pth")
     assert final.is_file()
     assert (out / "comparison.md").read_text().count("| pixel_") == 2
+    # each run logs into its own log.txt only
+    raml_dir = str(out / "runs" / "pixel_raml")
+    assert raml_dir in (out / "runs" / "pixel_raml" / "log.txt").read_text()
+    assert raml_dir not in (out / "runs" / "pixel_closed_set_maxlogit" / "log.txt").read_text()

@@ -26,16 +26,17 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import rba_plugin  # noqa: E402,F401  (registers models, mappers and datasets)
 from rba_plugin.engine.comparison import DEFAULT_METHODS, PRESETS, Budget, MethodEntry, run_comparison  # noqa: E402
-from rba_plugin.engine.runs import evaluate_run, load_run_model, setup_run, train_run  # noqa: E402
+from rba_plugin.engine.runs import evaluate_run, isolated_logging, load_run_model, setup_run, train_run  # noqa: E402
 
 
 def train_and_evaluate(entry: MethodEntry, config_file: str, opts: List[str], ood_dataset: str,
                        miou_dataset: Optional[str]) -> Mapping[str, Mapping]:
     """Trains ``entry`` (unless ``entry.train`` is False: then loads MODEL.WEIGHTS) without
     evaluating, then evaluates on the OOD (and mIoU) datasets; ``{dataset: results}``."""
-    cfg = setup_run(config_file, [*opts, "DATASETS.TEST", "()"])  # no evaluation inside training
-    model = train_run(cfg) if entry.train else load_run_model(cfg)
-    return evaluate_run(cfg, model, [d for d in (miou_dataset, ood_dataset) if d])
+    with isolated_logging():
+        cfg = setup_run(config_file, [*opts, "DATASETS.TEST", "()"])  # no evaluation inside training
+        model = train_run(cfg) if entry.train else load_run_model(cfg)
+        return evaluate_run(cfg, model, [d for d in (miou_dataset, ood_dataset) if d])
 
 
 def parse_args(argv=None) -> argparse.Namespace:

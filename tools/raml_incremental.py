@@ -33,7 +33,7 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
 import rba_plugin  # noqa: E402,F401  (registers models and datasets)
-from rba_plugin.engine.runs import setup_run, train_run  # noqa: E402
+from rba_plugin.engine.runs import isolated_logging, setup_run, train_run  # noqa: E402
 from rba_plugin.modeling.pixel.incremental import NOVEL_SETTINGS, run_incremental_setting  # noqa: E402
 
 CONFIG_DIR = REPO_ROOT / "configs" / "pixel" / "synth"
@@ -85,8 +85,9 @@ def run_setting(setting: str, args: argparse.Namespace, log=print) -> Dict[str, 
         if parent is not None:
             opts += ["MODEL.WEIGHTS", os.path.join(root, parent, "model_final.pth")]
         log(f"[raml-incremental] {setting}: training {stage} ({config})")
-        cfg = setup_run(str(CONFIG_DIR / config), opts)
-        model = train_run(cfg)
+        with isolated_logging():
+            cfg = setup_run(str(CONFIG_DIR / config), opts)
+            model = train_run(cfg)
     model.eval()
     shot_pool = load_inputs(args.shot_dataset, cfg.INPUT.FORMAT, args.max_shot_images)
     test_inputs = load_inputs(args.test_dataset, cfg.INPUT.FORMAT, args.max_test_images)

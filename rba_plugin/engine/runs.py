@@ -2,7 +2,9 @@
 tools that chain several runs (method comparison, RAML's incremental stages)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+import logging
+from typing import Iterator, Mapping, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
@@ -12,7 +14,25 @@ from torch import nn
 from ..config import get_cfg
 from .trainer import MaskFormerTrainer
 
-__all__ = ["setup_run", "train_run", "load_run_model", "evaluate_run"]
+__all__ = ["setup_run", "train_run", "load_run_model", "evaluate_run", "isolated_logging"]
+
+# Loggers that detectron2's default_setup / setup_logger give handlers (console and log.txt).
+_RUN_LOGGERS = ("detectron2", "fvcore", "rba_plugin")
+
+
+@contextlib.contextmanager
+def isolated_logging() -> Iterator[None]:
+    """Removes on exit the log handlers added inside: each run's setup adds a console and a
+    log.txt handler, and without this later runs of the same process would write into earlier
+    runs' log.txt and repeat every console line."""
+    loggers = [logging.getLogger(name) for name in _RUN_LOGGERS]
+    before = {logger.name: list(logger.handlers) for logger in loggers}
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            for handler in [h for h in logger.handlers if h not in before[logger.name]]:
+                logger.removeHandler(handler)  # its stream is detectron2's cached one: left open
 
 
 def setup_run(config_file: str, opts: Sequence[str]):

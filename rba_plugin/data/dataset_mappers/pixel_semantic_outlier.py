@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 
@@ -80,8 +81,19 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        args = super().from_config(cfg, is_train)
-        args.pop("size_divisibility")
+        # Built here rather than by the parent's from_config, so changes to Mask2Former's mapper
+        # options do not leak into the per-pixel one.
+        ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        if cfg.DATASETS.TRAIN:
+            ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore_label)
+        args = {
+            "is_train": is_train,
+            "augmentations": build_semantic_train_augmentations(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": ignore_label,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ood_label": cfg.INPUT.OOD_LABEL,
+        }
         # CoroCL is the only consumer of raw outlier images; its contrastive set needs them.
         raw = cfg.MODEL.PIXEL_OOD.METHOD == "RPL" and cfg.MODEL.RPL.COROCL_WEIGHT > 0
         args["outlier_paster"] = OutlierPaster(cfg) if (cfg.INPUT.OOD_PROB > 0 or raw) else None
