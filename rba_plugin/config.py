@@ -133,6 +133,18 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0
+    # --- anomaly scores at inference (rba_plugin's; RbA chose them on its command line) ---
+    # Names from rba_plugin.modeling.ood's registry (rba, maxlogit, msp, entropy, energy,
+    # neg_logit_sum) or "densehybrid" (needs the DenseHybrid outlier head). The first is the
+    # output "ood_score"; with several, "ood_scores" holds each, so one evaluation compares them.
+    cfg.MODEL.MASK_FORMER.OOD_SCORES = ["rba"]
+    cfg.MODEL.MASK_FORMER.OOD_SCORE_SMOOTHING = False  # Gaussian blur, kernel 7, sigma 1
+    # PEBAL inside Mask2Former (RbA paper appendix C.3): energy hinge margins and weight beta.
+    cfg.MODEL.MASK_FORMER.PEBAL_M_IN = -3.5
+    cfg.MODEL.MASK_FORMER.PEBAL_M_OUT = -2.5
+    cfg.MODEL.MASK_FORMER.PEBAL_ENERGY_WEIGHT = 0.1
+    # DenseHybrid inside Mask2Former: beta1 of the outlier head's CE (DENSE_HYBRID_BETA is beta2).
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_WEIGHT = 0.3
     # --- PEBAL / DenseHybrid variants inside Mask2Former (not acted on) ---
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6

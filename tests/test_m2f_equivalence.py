@@ -48,8 +48,10 @@ def test_inference_returns_reference_sem_scores(loaded):
     fixture, _, model = loaded
     with torch.no_grad():
         out = model([{"image": fixture["image"]}])
-    assert len(out) == 1 and set(out[0]) == {"sem_seg"}
+    assert len(out) == 1 and set(out[0]) == {"sem_seg", "ood_score"}
     assert (out[0]["sem_seg"] - fixture["sem_scores"]).abs().max().item() <= ATOL
+    # The default anomaly score is RbA: the model's output equals the official code's map.
+    assert (out[0]["ood_score"] - fixture["rba"]).abs().max().item() <= ATOL
 
 
 def test_inference_resizes_to_requested_size(loaded):

@@ -134,3 +134,18 @@ def test_densehybrid_by_hand():
     assert terms["loss_dh_density"].item() == pytest.approx(0.03 * density, rel=1e-6)
     empty = densehybrid_loss(scores, outlier_logits, torch.tensor([[[1, 0]]]))
     assert empty["loss_dh_density"].item() == 0.0
+
+
+def test_low_resolution_scores_are_upsampled_to_the_labels():
+    # 1x2 class scores against 2x4 labels: the score map is resized bilinearly first.
+    scores = torch.tensor([[[[0.0, 2.0]], [[1.0, 0.0]]]])
+    labels = torch.tensor([[[0, 0, 254, 254], [1, 255, 254, 254]]])
+    score = -torch.tanh(scores).sum(1, keepdim=True)
+    upsampled = torch.nn.functional.interpolate(score, size=(2, 4), mode="bilinear", align_corners=False)[:, 0]
+    expected = (torch.relu(5.0 - upsampled[labels == 254]) ** 2).mean()
+    got = outlier_score_loss("squared_hinge", scores, labels, alpha=5.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # The outlier pixels lie on the right half, where the upsampled score interpolates towards
+    # the second column's value; a plain nearest lookup would give another number.
+    nearest = (torch.relu(5.0 - score[0, 0, 0, 1]) ** 2).item()
+    assert got.item() != pytest.approx(nearest, rel=1e-3)

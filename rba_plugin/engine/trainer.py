@@ -17,6 +17,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import build_train_mapper
+from .finetune import apply_finetune_freezing
 from .optimizer import build_maskformer_optimizer
 from .pixel_optimizer import build_pixel_optimizer, is_pixel_model_config
 
@@ -47,22 +48,11 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     )
 
 
-# Keys that change training in RbA / Mask2Former but that nothing here acts on yet (the RbA
-# issue wires the outlier and freezing ones): training with them set must not silently ignore them.
+# Keys that change training in RbA / Mask2Former but that nothing here acts on (RbA's ablations and
+# test-time augmentation): training with them set must not silently ignore them.
 _NOT_YET_ACTED_ON = {
-    "MODEL.MASK_FORMER.OUTLIER_SUPERVISION": False,
-    "MODEL.MASK_FORMER.SMOOTHNESS_LOSS": False,
-    "MODEL.MASK_FORMER.SPARSITY_LOSS": False,
-    "MODEL.MASK_FORMER.GAMBLER_LOSS": False,
-    "MODEL.MASK_FORMER.DENSE_HYBRID_LOSS": False,
     "MODEL.MASK_FORMER.USE_POINT_REND": False,
     "SOLVER.FORCE_REGION_PARTITION": False,
-    "MODEL.FREEZE_BACKBONE": False,
-    "MODEL.FREEZE_PIXEL_DECODER": False,
-    "MODEL.FREEZE_TRANSFORMER_DECODER": False,
-    "MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP": False,
-    "MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP_AND_OOD_PRED": False,
-    "MODEL.FREEZE_TRANSFORMER_DECODER_EXCEPT_OBJECT_QUERIES": False,
     "TEST.AUG.ENABLED": False,
 }
 
@@ -112,6 +102,11 @@ class MaskFormerTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        # Outlier fine-tuning (MODEL.FREEZE_*) freezes before the optimizer collects parameters.
+        return apply_finetune_freezing(cfg, super().build_model(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,7 +1,8 @@
 """Training dataset mappers, chosen by ``INPUT.DATASET_MAPPER_NAME``."""
 from .color_aug_ssd import ColorAugSSD, ColorAugSSDTransform
 from .registry import build_train_mapper, register_train_mapper, registered_train_mappers
-from .mask_former_semantic import MaskFormerSemanticDatasetMapper, OutlierPaster, build_semantic_train_augmentations
+from .mask_former_semantic import MaskFormerSemanticDatasetMapper, PasteFunction, build_semantic_train_augmentations
+from .mask_former_semantic_outlier import MaskFormerSemanticOutlierDatasetMapper
 from .pixel_semantic_outlier import PixelSemanticOutlierMapper
 
 __all__ = [
@@ -11,7 +12,8 @@ __all__ = [
     "ColorAugSSD",
     "ColorAugSSDTransform",
     "MaskFormerSemanticDatasetMapper",
-    "OutlierPaster",
+    "MaskFormerSemanticOutlierDatasetMapper",
+    "PasteFunction",
     "build_semantic_train_augmentations",
     "PixelSemanticOutlierMapper",
 ]

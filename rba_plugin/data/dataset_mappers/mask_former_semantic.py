@@ -19,12 +19,12 @@ from detectron2.structures import Instances
 from .color_aug_ssd import ColorAugSSD
 from .registry import register_train_mapper
 
-__all__ = ["MaskFormerSemanticDatasetMapper", "OutlierPaster", "build_semantic_train_augmentations"]
+__all__ = ["MaskFormerSemanticDatasetMapper", "PasteFunction", "build_semantic_train_augmentations"]
 
 logger = logging.getLogger(__name__)
 
 # paster(image H x W x 3 uint8, sem_seg H x W, rng) -> (image, sem_seg); pasted pixels get OOD_LABEL.
-OutlierPaster = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
+PasteFunction = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 
 
 def build_semantic_train_augmentations(cfg) -> List[T.Augmentation]:
@@ -75,7 +75,7 @@ class MaskFormerSemanticDatasetMapper:
         size_divisibility: int,
         num_classes: int,
         ood_label: int = 254,
-        outlier_paster: Optional[OutlierPaster] = None,
+        outlier_paster: Optional[PasteFunction] = None,
     ):
         if not is_train:
             raise ValueError("MaskFormerSemanticDatasetMapper is for training; use detectron2's DatasetMapper to test")

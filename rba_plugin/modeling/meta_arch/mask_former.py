@@ -1,7 +1,7 @@
 """The Mask2Former meta-architecture for semantic segmentation."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +12,8 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..criterion import SetCriterion
-from ..matcher import HungarianMatcher
+from ..ood import compute_ood_score, densehybrid_score, gaussian_smooth
+from ..outlier_criterion import build_set_criterion
 
 __all__ = ["MaskFormer", "semantic_scores"]
 
@@ -39,7 +39,9 @@ class MaskFormer(nn.Module):
 
     Training input: per image {"image": 3 x H x W (0..255, cfg.INPUT.FORMAT), "instances":
     Instances(gt_classes, gt_masks), optionally "sem_seg": H x W long}. Output: weighted loss dict.
-    Inference output: per image {"sem_seg": C x height x width} (see :meth:`inference_single`).
+    Inference output: per image {"sem_seg": C x height x width, "ood_score": height x width} and,
+    when several scores are configured, "ood_scores": {name: height x width} (see
+    :meth:`inference_single`).
     """
 
     @configurable
@@ -55,6 +57,8 @@ class MaskFormer(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         ignore_value: int = 255,
+        ood_score_names: Sequence[str] = ("rba",),
+        ood_score_smoothing: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -65,6 +69,15 @@ class MaskFormer(nn.Module):
         self.size_divisibility = size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.ignore_value = ignore_value
+        if not ood_score_names:
+            raise ValueError("MODEL.MASK_FORMER.OOD_SCORES must name at least one anomaly score")
+        if "densehybrid" in ood_score_names and getattr(sem_seg_head, "outlier_head", None) is None:
+            raise ValueError("MODEL.MASK_FORMER.OOD_SCORES: 'densehybrid' needs the DenseHybrid outlier head")
+        for name in ood_score_names:
+            if name != "densehybrid":
+                compute_ood_score(name, torch.zeros(1, 1, 1))  # unknown names fail here, at build time
+        self.ood_score_names = list(ood_score_names)
+        self.ood_score_smoothing = ood_score_smoothing
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -81,25 +94,7 @@ class MaskFormer(nn.Module):
             raise ValueError(f"MODEL.MASK_FORMER.MATCHER: only 'HungarianMatcher' is implemented, got '{mf.MATCHER}'")
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
-        matcher = HungarianMatcher(
-            cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT, num_points=mf.TRAIN_NUM_POINTS
-        )
-        base_weights = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
-        weight_dict = dict(base_weights)
-        if mf.DEEP_SUPERVISION:
-            # One auxiliary prediction per decoder layer: DEC_LAYERS - 1 of them.
-            for i in range(mf.DEC_LAYERS - 1):
-                weight_dict.update({f"{k}_{i}": v for k, v in base_weights.items()})
-        criterion = SetCriterion(
-            sem_seg_head.num_classes,
-            matcher=matcher,
-            weight_dict=weight_dict,
-            eos_coef=mf.NO_OBJECT_WEIGHT,
-            losses=["labels", "masks"],
-            num_points=mf.TRAIN_NUM_POINTS,
-            oversample_ratio=mf.OVERSAMPLE_RATIO,
-            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-        )
+        criterion = build_set_criterion(cfg, sem_seg_head.num_classes)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
@@ -110,6 +105,8 @@ class MaskFormer(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "ood_score_names": list(mf.OOD_SCORES),
+            "ood_score_smoothing": mf.OOD_SCORE_SMOOTHING,
         }
 
     @property
@@ -134,11 +131,18 @@ class MaskFormer(nn.Module):
         mask_pred_results = F.interpolate(
             outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
         )
+        outlier_results = [None] * len(batched_inputs)
+        if "pred_outlier" in outputs:
+            outlier_results = F.interpolate(
+                outputs["pred_outlier"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+            )
         processed_results = []
-        for mask_cls, mask_pred, input_per_image, image_size in zip(
-            outputs["pred_logits"], mask_pred_results, batched_inputs, images.image_sizes
+        for mask_cls, mask_pred, outlier_logits, input_per_image, image_size in zip(
+            outputs["pred_logits"], mask_pred_results, outlier_results, batched_inputs, images.image_sizes
         ):
-            processed_results.append(self.inference_single(mask_cls, mask_pred, input_per_image, image_size))
+            result = self.inference_single(mask_cls, mask_pred, input_per_image, image_size)
+            result.update(self.anomaly_scores(result["sem_seg"], outlier_logits, image_size, result["sem_seg"].shape[-2:]))
+            processed_results.append(result)
         return processed_results
 
     def semantic_scores(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
@@ -169,6 +173,39 @@ class MaskFormer(nn.Module):
         else:
             scores = sem_seg_postprocess(self.semantic_scores(mask_cls, mask_pred), image_size, height, width)
         return {"sem_seg": scores}
+
+    def anomaly_scores(
+        self,
+        sem_seg: torch.Tensor,
+        outlier_logits: Optional[torch.Tensor],
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Dict[str, object]:
+        """The configured anomaly scores of one image (higher = more anomalous).
+
+        Args:
+            sem_seg: C x height x width semantic scores L.
+            outlier_logits: 2 x H_pad x W_pad DenseHybrid outlier logits, or None.
+            image_size: (h, w) before padding; output_size: (height, width).
+
+        Returns:
+            {"ood_score": height x width} (the first configured score) and, with several,
+            {"ood_scores": {name: height x width}}.
+        """
+        scores = {}
+        for name in self.ood_score_names:
+            if name == "densehybrid":
+                logits = sem_seg_postprocess(outlier_logits, image_size, *output_size)
+                score = densehybrid_score(sem_seg, logits)
+                if self.ood_score_smoothing:
+                    score = gaussian_smooth(score)
+            else:
+                score = compute_ood_score(name, sem_seg, smoothing=self.ood_score_smoothing)
+            scores[name] = score
+        result: Dict[str, object] = {"ood_score": scores[self.ood_score_names[0]]}
+        if len(scores) > 1:
+            result["ood_scores"] = scores
+        return result
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, torch.Tensor]]:
         """Per image {"labels": T, "masks": T x H_pad x W_pad (zero-padded), "sem_seg": H_pad x W_pad

@@ -2,7 +2,9 @@
 
 Conventions: ``labels`` is ``N x H x W`` int64 with inlier class ids in ``[0, C)``,
 ``ood_label`` (254) on outlier pixels and ``ignore_label`` (255) on void. Class scores are
-``N x C x H x W`` at the labels' resolution.
+``N x C x h x w``; when (h, w) is not the labels' size (Mask2Former predicts masks at 1/4), the
+score map (or, for losses that need the class distribution, the class scores) is upsampled
+bilinearly to the labels' resolution, as RbA's code upsamples its score.
 
 Normalisation (the papers write sums over pixels): every pixel term here is a **mean over the
 pixels of its own set** in the batch (outlier pixels, inlier pixels), so a loss does not scale with
@@ -23,6 +25,7 @@ from .scores import get_score_function
 __all__ = [
     "OUTLIER_LOSSES",
     "masked_mean",
+    "resize_to_labels",
     "outlier_score_loss",
     "squared_hinge_outlier_loss",
     "mse_outlier_loss",
@@ -44,6 +47,21 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if count == 0:
         return values.sum() * 0.0
     return values[mask].sum() / count
+
+
+def resize_to_labels(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Bilinearly resize ``N x H x W`` or ``N x C x H x W`` maps to the labels' ``H x W``."""
+    size = labels.shape[-2:]
+    if values.shape[-2:] == size:
+        return values
+    if values.dim() == 3:
+        return F.interpolate(values[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(values, size=size, mode="bilinear", align_corners=False)
+
+
+def _score(class_scores: torch.Tensor, labels: torch.Tensor, score_name: str) -> torch.Tensor:
+    """The registered score of the class scores, at the labels' resolution (N x H x W)."""
+    return resize_to_labels(get_score_function(score_name)(class_scores), labels)
 
 
 def _split(labels: torch.Tensor, num_classes: int, ood_label: int, ignore_label: int):
@@ -79,7 +97,7 @@ def squared_hinge_outlier_loss(
     (vacuous for RbA when the threshold is >= 0, as in the released configs).
     """
     inlier, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
-    score = get_score_function(score_name)(class_scores)
+    score = _score(class_scores, labels, score_name)
     loss = masked_mean(F.relu(alpha - score) ** 2, outlier)
     if inlier_threshold is not None:
         loss = loss + masked_mean(F.relu(score - inlier_threshold) ** 2, inlier)
@@ -90,7 +108,7 @@ def mse_outlier_loss(class_scores, labels, *, score_name="rba", alpha=5.0, ood_l
                      ignore_label=255, **_unused) -> torch.Tensor:
     """RbA paper Eq. 8: mean over outlier pixels of (score - alpha)^2."""
     _, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
-    score = get_score_function(score_name)(class_scores)
+    score = _score(class_scores, labels, score_name)
     return masked_mean((score - alpha) ** 2, outlier)
 
 
@@ -98,7 +116,7 @@ def l1_outlier_loss(class_scores, labels, *, score_name="rba", alpha=5.0, ood_la
                     ignore_label=255, **_unused) -> torch.Tensor:
     """RbA paper Eq. 9: mean over outlier pixels of |score - alpha|."""
     _, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
-    score = get_score_function(score_name)(class_scores)
+    score = _score(class_scores, labels, score_name)
     return masked_mean((score - alpha).abs(), outlier)
 
 
@@ -107,7 +125,7 @@ def bce_outlier_loss(class_scores, labels, *, score_name="rba", ood_label=254, i
     """RbA paper Eq. 10: binary cross-entropy with the score as the outlier logit, over all
     non-void pixels (outlier = positive)."""
     inlier, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
-    score = get_score_function(score_name)(class_scores)
+    score = _score(class_scores, labels, score_name)
     bce = F.binary_cross_entropy_with_logits(score, outlier.to(score.dtype), reduction="none")
     return masked_mean(bce, inlier | outlier)
 
@@ -121,7 +139,7 @@ def kl_outlier_loss(class_scores, labels, *, ood_label=254, ignore_label=255, **
     """
     num_classes = class_scores.shape[1]
     inlier, outlier = _split(labels, num_classes, ood_label, ignore_label)
-    log_p = F.log_softmax(class_scores, dim=1)
+    log_p = F.log_softmax(resize_to_labels(class_scores, labels), dim=1)
     target = torch.where(inlier, labels, torch.zeros_like(labels))
     kl_inlier = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)
     log_uniform = -torch.log(torch.tensor(float(num_classes), dtype=log_p.dtype, device=log_p.device))
@@ -272,8 +290,8 @@ def densehybrid_loss(
     """DenseHybrid's objective as in the RbA paper's appendix C.3 (Eqs. 17-18), weighted terms.
 
     Args:
-        class_scores: N x C x H x W, used as logits.
-        outlier_logits: N x 2 x H x W from the outlier head (channel 1 = outlier).
+        class_scores: N x C x h x w, used as logits.
+        outlier_logits: N x 2 x h' x w' from the outlier head (channel 1 = outlier).
 
     Returns:
         ``loss_dh_ce``: CE of the class scores on inlier pixels; ``loss_dh_outlier``: beta1 x CE of
@@ -281,6 +299,8 @@ def densehybrid_loss(
         pixels of logsumexp L + stop-gradient mean of L), zero without outlier pixels.
     """
     inlier, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
+    class_scores = resize_to_labels(class_scores, labels)
+    outlier_logits = resize_to_labels(outlier_logits, labels)
     target = torch.where(inlier, labels, torch.zeros_like(labels))
     ce = F.cross_entropy(class_scores, target, reduction="none")
     head_ce = F.cross_entropy(outlier_logits, outlier.long(), reduction="none")
