@@ -89,6 +89,10 @@ def test_mapper_pastes_outliers_and_gives_corocl_raw_images(tiny_synth, tmp_path
     # the object pixels of the raw image are those of a pool mask
     assert (raw == 254).sum() > 0 and (raw == 255).sum() == 128 * 128 - 48 * 48
 
+    rpl = build_train_mapper(synth_cfg("rpl.yaml", tiny_synth, tmp_path))  # RPL without CoroCL
+    assert rpl.outlier_paster is not None and not rpl.raw_outliers
+    assert "outlier_image" not in rpl(record)
+
     cfg = synth_cfg("closed_set.yaml", tiny_synth, tmp_path)
     closed = build_train_mapper(cfg)
     assert closed.outlier_paster is None and not closed.raw_outliers
