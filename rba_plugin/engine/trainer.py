@@ -19,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.dataset_mappers import build_train_mapper
 from .finetune import apply_finetune_freezing
 from .optimizer import build_maskformer_optimizer
+from .pixel_optimizer import build_pixel_optimizer, is_pixel_model_config
 
 __all__ = ["MaskFormerTrainer", "build_evaluator", "unsupported_training_options"]
 
@@ -122,4 +123,6 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        if is_pixel_model_config(cfg):  # per-pixel branch: the method's own parameter groups
+            return build_pixel_optimizer(cfg, model)
         return build_maskformer_optimizer(cfg, model)
