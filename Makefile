@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 export CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: setup test test-fast bench clean-build
+.PHONY: setup test test-fast demo compare bench clean-build
 
 setup: $(BUILD_STAMP)
 
@@ -39,6 +39,17 @@ test: setup
 # The fast part only, for the edit-test loop.
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The main job on the built-in synthetic benchmark: closed-set Mask2Former, RbA fine-tuning,
+# MSP / MaxLogit / Energy / RbA before and after (tools/run_demo.py; results in output/demo).
+demo: setup
+	$(PY) tools/run_demo.py $(DEMO_ARGS)
+
+# Every method of both branches on the synthetic benchmark with one budget: a ranked table in
+# output/compare (PRESET=quick for minutes, PRESET=full for the configs' own schedules).
+PRESET ?= quick
+compare: setup
+	$(PY) tools/compare_methods.py --preset $(PRESET) --output output/compare
 
 bench: setup
 	$(PY) tools/benchmark.py all

@@ -20,6 +20,7 @@ from .checkpoint import SafeCheckpointer
 from .finetune import apply_finetune_freezing
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_maskformer_optimizer
+from .pixel_optimizer import build_pixel_optimizer, is_pixel_model_config
 
 __all__ = ["MaskFormerTrainer", "build_evaluator", "unsupported_training_options"]
 
@@ -125,4 +126,6 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        if is_pixel_model_config(cfg):  # per-pixel branch: the method's own parameter groups
+            return build_pixel_optimizer(cfg, model)
         return build_maskformer_optimizer(cfg, model)

@@ -21,13 +21,17 @@ from ..utils.atomic_write import atomic_open
 from .anomaly_metrics import AnomalyMetrics, to_numpy
 from .components import TRACK_SIZE_FILTERS, ComponentStats
 from .curves import write_curves
+from ..modeling.pixel.metrics import UnknownIoU
 from .pixel_histogram import PixelHistogram
 
 __all__ = ["OODEvaluator", "PRIMARY_SCORE"]
 
 PRIMARY_SCORE = "ood_score"
+# Optional H x W bool output of open-set models (VCA): the pixels predicted as "unknown".
+UNKNOWN_MASK = "unknown_mask"
 # Reported in percent, like Detectron2's mIoU and the benchmark tables.
 _PERCENT_KEYS = {"AP", "AUROC", "FPR95", "pixel_F1", "sIoU", "PPV", "mean_F1", "F1_25", "F1_50", "F1_75"}
+_UNKNOWN_IOU_KEY = "unknown_IoU"
 
 
 class OODEvaluator(DatasetEvaluator):
@@ -38,7 +42,9 @@ class OODEvaluator(DatasetEvaluator):
 
     ``evaluate()`` returns ``{dataset_name: {metric: value}}``: the primary score's metrics under
     plain keys ("AP", "AUROC", "FPR95", "sIoU", "PPV", "mean_F1", ...), other scores under
-    "<name>/AP" and so on, and "mIoU". AP, AUROC, FPR95, F1s, sIoU, PPV and mIoU are percentages;
+    "<name>/AP" and so on, and "mIoU". When outputs hold ``"unknown_mask"`` (H x W bool, an
+    open-set model's unknown-class prediction), "unknown_IoU" is the class-agnostic IoU of those
+    pixels with the anomaly pixels (label 1, void excluded), pooled over the dataset. AP, AUROC, FPR95, F1s, sIoU, PPV and mIoU are percentages;
     "component_threshold" is the score threshold delta, FN_* / FP_* are component counts.
     Histograms are summed over processes; each process runs the component pass on its own cached
     maps at the common threshold, and the per-component values are gathered to the main process.
@@ -99,6 +105,8 @@ class OODEvaluator(DatasetEvaluator):
         num_classes = len(self.stuff_classes)
         self._confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         self._has_sem_seg = False
+        self._unknown_iou = UnknownIoU()
+        self._has_unknown = False
 
     def _new_metrics(self) -> AnomalyMetrics:
         return AnomalyMetrics(
@@ -162,8 +170,31 @@ class OODEvaluator(DatasetEvaluator):
                 if name not in self._metrics:
                     self._metrics[name] = self._new_metrics()
                 self._metrics[name].update(self._at_label_size(score, label.shape), label)
+            if UNKNOWN_MASK in output:
+                self._update_unknown(output[UNKNOWN_MASK], label)
             if "sem_seg" in output and record.get("sem_seg_file_name") and len(self.stuff_classes):
                 self._update_confusion(output["sem_seg"], load_sem_seg_label(record))
+
+    def _update_unknown(self, unknown_mask, label: np.ndarray) -> None:
+        mask = torch.as_tensor(to_numpy(unknown_mask)).bool()
+        if tuple(mask.shape) != tuple(label.shape):  # nearest: a mask stays a mask
+            mask = F.interpolate(mask[None, None].float(), size=label.shape, mode="nearest")[0, 0].bool()
+        self._unknown_iou.update(mask, torch.as_tensor(label))
+        self._has_unknown = True
+
+    def _gathered_unknown_iou(self) -> Optional[float]:
+        """Pooled unknown IoU (percent) over every process; None when no output had a mask."""
+        counts = (self._unknown_iou.intersection, self._unknown_iou.union, self._has_unknown)
+        if self.distributed and comm.get_world_size() > 1:
+            gathered = comm.all_gather(counts)
+        else:
+            gathered = [counts]
+        if not any(g[2] for g in gathered):
+            return None
+        total = UnknownIoU()
+        total.intersection = sum(g[0] for g in gathered)
+        total.union = sum(g[1] for g in gathered)
+        return total.compute()
 
     def _update_confusion(self, sem_seg, gt: np.ndarray) -> None:
         num_classes = len(self.stuff_classes)
@@ -195,6 +226,7 @@ class OODEvaluator(DatasetEvaluator):
 
     def evaluate(self):
         histograms = self._gathered_histograms()
+        unknown_iou = self._gathered_unknown_iou()
         component_stats: Dict[str, ComponentStats] = {}
         thresholds: Dict[str, Optional[float]] = {}
         if self.with_components:
@@ -232,6 +264,8 @@ class OODEvaluator(DatasetEvaluator):
             prefix = "" if name == PRIMARY_SCORE or len(per_score) == 1 else f"{name}/"
             for key, value in values.items():
                 results[prefix + key] = 100.0 * value if key in _PERCENT_KEYS else value
+        if unknown_iou is not None:
+            results[_UNKNOWN_IOU_KEY] = unknown_iou
         if has_sem_seg:
             results.update(self._miou(confusion))
         self._write_outputs(histograms, per_score, results)

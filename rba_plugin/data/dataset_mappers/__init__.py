@@ -3,6 +3,7 @@ from .color_aug_ssd import ColorAugSSD, ColorAugSSDTransform
 from .registry import build_train_mapper, register_train_mapper, registered_train_mappers
 from .mask_former_semantic import MaskFormerSemanticDatasetMapper, PasteFunction, build_semantic_train_augmentations
 from .mask_former_semantic_outlier import MaskFormerSemanticOutlierDatasetMapper
+from .pixel_semantic_outlier import PixelSemanticOutlierMapper
 
 __all__ = [
     "register_train_mapper",
@@ -14,4 +15,5 @@ __all__ = [
     "MaskFormerSemanticOutlierDatasetMapper",
     "PasteFunction",
     "build_semantic_train_augmentations",
+    "PixelSemanticOutlierMapper",
 ]

@@ -9,7 +9,7 @@ Usage with a trained MCA + RAML-head model (``PixelOODSegmentor`` with method ``
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -193,17 +193,24 @@ def run_incremental_setting(
     setting: str = "16+3",
     num_shots: int = 5,
     seed: int = 0,
+    novel_ids: Optional[Sequence[int]] = None,
 ) -> Dict[str, float]:
     """RAML's incremental few-shot evaluation in one call.
 
     ``model``: a trained RAML model (MCA fine-tuned, then its RAML head trained), in which the
     setting's classes were held out (``MODEL.PIXEL_OOD.HELD_OUT_CLASSES``). ``shot_pool`` and
     ``test_inputs``: model input dicts with ``"sem_seg"`` ground truth (train ids). Returns
-    :func:`incremental_miou`'s keys.
+    :func:`incremental_miou`'s keys. ``novel_ids`` replaces the setting's novel classes with a
+    subset of them (a benchmark without one of them, e.g. no truck in the synthetic scenes).
     """
     if setting not in NOVEL_SETTINGS:
         raise ValueError(f"setting must be one of {sorted(NOVEL_SETTINGS)}, got {setting!r}")
-    novel_ids = NOVEL_SETTINGS[setting]
+    if novel_ids is None:
+        novel_ids = NOVEL_SETTINGS[setting]
+    elif not novel_ids or not set(novel_ids) <= set(NOVEL_SETTINGS[setting]):
+        raise ValueError(f"novel_ids {list(novel_ids)} must be a non-empty subset of {setting}'s "
+                         f"{list(NOVEL_SETTINGS[setting])}")
+    novel_ids = tuple(novel_ids)
     learner = IncrementalFewShot.from_config(cfg, model)
     for offset, novel_id in enumerate(novel_ids):
         learner.add_shots(novel_id, pick_shots(shot_pool, novel_id, num_shots, seed=seed + offset))

@@ -1,0 +1,136 @@
+"""Training mapper of the per-pixel branch (``INPUT.DATASET_MAPPER_NAME: pixel_semantic_outlier``):
+Mask2Former's semantic augmentations, outlier pasting into the final crop, and, for RPL's
+CoroCL, one raw outlier-pool image per sample. No per-class masks (a per-pixel model reads the
+label map)."""
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+
+from ..outlier_paste import OutlierPaster
+from .mask_former_semantic import MaskFormerSemanticDatasetMapper, build_semantic_train_augmentations
+from .registry import register_train_mapper
+
+__all__ = ["PixelSemanticOutlierMapper", "fit_to_size"]
+
+
+def fit_to_size(image: np.ndarray, label: np.ndarray, size: Tuple[int, int], ignore_label: int,
+                pad_value: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Centre-crop or pad (image H x W x 3, label H x W) to ``size`` = (h, w), as RPL's official
+    code fits raw outlier images to the city crop; padded label pixels are ``ignore_label``."""
+    out_h, out_w = size
+    h, w = label.shape
+    top, left = max(0, (h - out_h) // 2), max(0, (w - out_w) // 2)
+    image, label = image[top: top + out_h, left: left + out_w], label[top: top + out_h, left: left + out_w]
+    h, w = label.shape
+    pad_top, pad_left = (out_h - h) // 2, (out_w - w) // 2
+    fitted_image = np.full((out_h, out_w, image.shape[2]), pad_value, dtype=image.dtype)
+    fitted_label = np.full((out_h, out_w), ignore_label, dtype=label.dtype)
+    fitted_image[pad_top: pad_top + h, pad_left: pad_left + w] = image
+    fitted_label[pad_top: pad_top + h, pad_left: pad_left + w] = label
+    return fitted_image, fitted_label
+
+
+@register_train_mapper("pixel_semantic_outlier")
+class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
+    """Maps a semantic-segmentation dataset dict to a per-pixel model's training input:
+
+    * "image": 3 x H x W uint8 tensor (``image_format``);
+    * "sem_seg": H x W int64 (train ids, ``ignore_label`` void, ``ood_label`` on a pasted object);
+    * with ``raw_outliers``: "outlier_image" (3 x h x w uint8, one pool image, centre-cropped or
+      padded to ``raw_outlier_size``) and "outlier_sem_seg" (h x w int64: ``ood_label`` on the
+      object, 0 on its own background, ``ignore_label`` on padding) for CoroCL's contrastive set.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        ignore_label: int,
+        num_classes: int,
+        ood_label: int = 254,
+        outlier_paster: Optional[OutlierPaster] = None,
+        raw_outliers: bool = False,
+        raw_outlier_size: Optional[Tuple[int, int]] = None,
+    ):
+        super().__init__(
+            is_train,
+            augmentations=augmentations,
+            image_format=image_format,
+            ignore_label=ignore_label,
+            size_divisibility=-1,  # the segmentor pads its batch itself
+            num_classes=num_classes,
+            ood_label=ood_label,
+            outlier_paster=outlier_paster,
+        )
+        if raw_outliers and outlier_paster is None:
+            raise ValueError("raw outlier images need an outlier pool (INPUT.OUTLIER_POOL with INPUT.OOD_PROB > 0)")
+        self.raw_outliers = raw_outliers
+        self.raw_outlier_size = tuple(raw_outlier_size) if raw_outlier_size else None
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        # Built here rather than by the parent's from_config, so changes to Mask2Former's mapper
+        # options do not leak into the per-pixel one.
+        ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        if cfg.DATASETS.TRAIN:
+            ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", ignore_label)
+        args = {
+            "is_train": is_train,
+            "augmentations": build_semantic_train_augmentations(cfg),
+            "image_format": cfg.INPUT.FORMAT,
+            "ignore_label": ignore_label,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "ood_label": cfg.INPUT.OOD_LABEL,
+        }
+        # CoroCL is the only consumer of raw outlier images; its contrastive set needs them.
+        raw = cfg.MODEL.PIXEL_OOD.METHOD == "RPL" and cfg.MODEL.RPL.COROCL_WEIGHT > 0
+        args["outlier_paster"] = OutlierPaster(cfg) if (cfg.INPUT.OOD_PROB > 0 or raw) else None
+        args["raw_outliers"] = raw
+        # The head's ASPP pools over a window fixed by the crop: raw images get the crop's size.
+        args["raw_outlier_size"] = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None
+        return args
+
+    def raw_outlier(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        """(h x w x 3 uint8 image, h x w int64 label) of one random proxy-pool entry."""
+        record = self.outlier_paster.proxy[int(rng.integers(len(self.outlier_paster.proxy)))]
+        image = read_image(record["file_name"], format=self.img_format)
+        mask = cv2.imread(record["outlier_mask_file"], cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"cannot read outlier mask {record['outlier_mask_file']}")
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"outlier mask {record['outlier_mask_file']} is {mask.shape}, image "
+                             f"{record['file_name']} is {image.shape[:2]}")
+        label = np.where(mask == 254, self.ood_label, 0).astype(np.int64)
+        if self.raw_outlier_size is not None:
+            image, label = fit_to_size(image, label, self.raw_outlier_size, self.ignore_label)
+        return image, label
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image, sem_seg = self._read(dataset_dict)
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        aug_input, _ = T.apply_transform_gens(self.tfm_gens, aug_input)
+        image, sem_seg = aug_input.image, aug_input.sem_seg.astype(np.int64)
+        # detectron2 seeds numpy per worker and rank, so the derived generator differs between them.
+        rng = np.random.default_rng(np.random.randint(2**31))
+        if self.outlier_paster is not None:
+            image, sem_seg = self.outlier_paster(image, sem_seg, rng)
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        dataset_dict["sem_seg"] = torch.as_tensor(np.ascontiguousarray(sem_seg), dtype=torch.int64)
+        if self.raw_outliers:
+            raw_image, raw_label = self.raw_outlier(rng)
+            dataset_dict["outlier_image"] = torch.as_tensor(np.ascontiguousarray(raw_image.transpose(2, 0, 1)))
+            dataset_dict["outlier_sem_seg"] = torch.as_tensor(raw_label, dtype=torch.int64)
+        return dataset_dict

@@ -1,0 +1,75 @@
+"""One training run in the current process, set up exactly as ``tools/train_net.py`` does, for
+tools that chain several runs (method comparison, RAML's incremental stages)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Mapping, Sequence
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+from ..config import get_cfg
+from .trainer import MaskFormerTrainer
+
+__all__ = ["setup_run", "train_run", "load_run_model", "evaluate_run", "isolated_logging"]
+
+# Loggers that detectron2's default_setup / setup_logger give handlers (console and log.txt).
+_RUN_LOGGERS = ("detectron2", "fvcore", "rba_plugin")
+
+
+@contextlib.contextmanager
+def isolated_logging() -> Iterator[None]:
+    """Removes on exit the log handlers added inside: each run's setup adds a console and a
+    log.txt handler, and without this later runs of the same process would write into earlier
+    runs' log.txt and repeat every console line."""
+    loggers = [logging.getLogger(name) for name in _RUN_LOGGERS]
+    before = {logger.name: list(logger.handlers) for logger in loggers}
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            for handler in [h for h in logger.handlers if h not in before[logger.name]]:
+                logger.removeHandler(handler)  # its stream is detectron2's cached one: left open
+
+
+def setup_run(config_file: str, opts: Sequence[str]):
+    """Frozen config from ``config_file`` and KEY VALUE ``opts``; logging, seeding and the config
+    dump in OUTPUT_DIR as ``tools/train_net.py`` does them."""
+    args = default_argument_parser().parse_args(["--config-file", config_file, *opts])
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, name="rba_plugin")
+    return cfg
+
+
+def train_run(cfg) -> nn.Module:
+    """Trains from MODEL.WEIGHTS for SOLVER.MAX_ITER steps (OUTPUT_DIR/model_final.pth); returns
+    the trained model."""
+    trainer = MaskFormerTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer.model
+
+
+def load_run_model(cfg) -> nn.Module:
+    """The model of ``cfg`` with MODEL.WEIGHTS loaded, in eval mode."""
+    model = MaskFormerTrainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
+    return model.eval()
+
+
+def evaluate_run(cfg, model: nn.Module, datasets: Sequence[str]) -> Mapping[str, Mapping]:
+    """``{dataset: evaluator results}`` of ``model`` on ``datasets`` (always keyed by dataset)."""
+    eval_cfg = cfg.clone()
+    eval_cfg.defrost()
+    eval_cfg.DATASETS.TEST = tuple(datasets)
+    eval_cfg.freeze()
+    results = MaskFormerTrainer.test(eval_cfg, model)
+    # Detectron2 unwraps the results of a single dataset.
+    return results if len(datasets) > 1 else {datasets[0]: results}

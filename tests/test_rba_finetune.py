@@ -1,0 +1,170 @@
+"""RbA on Mask2Former: anomaly outputs, the outlier criterion, and fine-tuning that trains only
+the class head and the mask MLP."""
+import math
+import uuid
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Instances
+
+from rba_plugin.config import get_cfg
+from rba_plugin.engine import MaskFormerTrainer, finetune_trainable_prefixes
+from rba_plugin.modeling.outlier_criterion import OutlierSetCriterion, build_set_criterion, outlier_loss_score_name
+
+from .conftest import REPO_ROOT
+from .m2f_build import build_on
+
+FINETUNE = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetune.yaml"
+TRAINABLE = ("sem_seg_head.predictor.class_embed.", "sem_seg_head.predictor.mask_embed.")
+
+
+def small_cfg(path=FINETUNE, *opts):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64", *opts])
+    return cfg
+
+
+def batch(num_classes=19, size=64, seed=0):
+    """Two images with three classes each and a square pasted outlier (254) in the first."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = []
+    for i in range(2):
+        sem_seg = torch.zeros(size, size, dtype=torch.long)
+        sem_seg[: size // 2] = 10
+        sem_seg[size // 2 :, : size // 2] = 13
+        sem_seg[-4:, -4:] = 255
+        if i == 0:
+            sem_seg[20:36, 20:36] = 254
+        classes = torch.tensor([0, 10, 13])
+        instances = Instances((size, size))
+        instances.gt_classes = classes
+        instances.gt_masks = torch.stack([sem_seg == c for c in classes])
+        image = torch.randint(0, 255, (3, size, size), generator=gen, dtype=torch.uint8)
+        inputs.append({"image": image, "sem_seg": sem_seg, "instances": instances})
+    return inputs
+
+
+def test_inference_returns_every_configured_score():
+    cfg = small_cfg()
+    model = build_on(cfg).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}])[0]
+    L = out["sem_seg"]
+    assert set(out["ood_scores"]) == {"rba", "msp", "maxlogit", "energy", "entropy"}
+    assert torch.equal(out["ood_score"], out["ood_scores"]["rba"])  # the first configured score
+    assert torch.allclose(out["ood_scores"]["rba"], -torch.tanh(L).sum(0), atol=1e-6)
+    assert torch.allclose(out["ood_scores"]["msp"], -F.softmax(L, 0).max(0).values, atol=1e-6)
+    assert torch.allclose(out["ood_scores"]["maxlogit"], -L.max(0).values, atol=1e-6)
+    assert torch.allclose(out["ood_scores"]["energy"], -torch.logsumexp(L, 0), atol=1e-5)
+
+
+def test_unknown_score_name_fails_at_build():
+    cfg = small_cfg(FINETUNE, "MODEL.MASK_FORMER.OOD_SCORES", "['rba', 'rbaa']")
+    with pytest.raises(ValueError, match="unknown anomaly score 'rbaa'"):
+        build_on(cfg, "meta")
+
+
+def test_rba_loss_target_names():
+    assert outlier_loss_score_name("nls", "tanh") == "rba"
+    assert outlier_loss_score_name("nls", "none") == "neg_logit_sum"
+    with pytest.raises(ValueError, match="sum_entropy"):
+        outlier_loss_score_name("sum_entropy", "none")
+
+
+def test_outlier_loss_matches_hand_computation():
+    # One image, Q = 2 queries, C = 2 classes, 2x2 mask logits, labels at 4x4.
+    cfg = small_cfg()
+    criterion = build_set_criterion(cfg, 2)
+    assert isinstance(criterion, OutlierSetCriterion)
+    assert criterion.losses == ["labels", "masks", "outlier"]
+    assert criterion.weight_dict["loss_outlier"] == 1.0 and criterion.weight_dict["loss_outlier_0"] == 1.0
+    logits = torch.tensor([[[2.0, 0.0, 0.5], [0.0, 1.0, 0.0]]])
+    masks = torch.tensor([[[[3.0, -3.0], [0.0, 1.0]], [[-1.0, 2.0], [0.5, -2.0]]]])
+    labels = torch.tensor([[0, 0, 1, 1], [0, 254, 254, 1], [255, 254, 254, 1], [0, 0, 1, 1]])
+    loss = criterion.loss_outlier({"pred_logits": logits, "pred_masks": masks}, [{"sem_seg": labels}], None, 1)
+    # By hand: L = sum_q softmax(logits_q)[:C] * sigmoid(mask_q); RbA = -sum_k tanh(L_k) at 2x2,
+    # upsampled bilinearly (half-pixel centres) to 4x4, then mean of (5 - RbA)^2 over the outliers.
+    def softmax(row):
+        e = [math.exp(v) for v in row]
+        return [x / sum(e) for x in e]
+
+    probs = [softmax(r) for r in logits[0].tolist()]
+    rba = np.zeros((2, 2))
+    for y in range(2):
+        for x in range(2):
+            L = [sum(probs[q][k] / (1 + math.exp(-masks[0, q, y, x].item())) for q in range(2)) for k in range(2)]
+            rba[y, x] = -sum(math.tanh(v) for v in L)
+    # Bilinear 2x2 -> 4x4 with align_corners=False: the centre 2x2 pixels (the outliers) sit at
+    # 0.25 / 0.75 between the source pixels.
+    w = {1: (0.75, 0.25), 2: (0.25, 0.75)}
+    values = []
+    for (y, x) in [(1, 1), (1, 2), (2, 1), (2, 2)]:
+        (a0, a1), (b0, b1) = w[y], w[x]
+        v = a0 * (b0 * rba[0, 0] + b1 * rba[0, 1]) + a1 * (b0 * rba[1, 0] + b1 * rba[1, 1])
+        values.append((5.0 - v) ** 2)
+    assert loss["loss_outlier"].item() == pytest.approx(sum(values) / 4, rel=1e-5)
+    # No outlier pixel anywhere: zero, not NaN.
+    clean = torch.where(labels == 254, torch.zeros_like(labels), labels)
+    zero = criterion.loss_outlier({"pred_logits": logits, "pred_masks": masks}, [{"sem_seg": clean}], None, 1)
+    assert zero["loss_outlier"].item() == 0.0
+
+
+def test_pebal_and_densehybrid_replace_the_mask_losses():
+    pebal = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_pebal_finetune.yaml"), 19)
+    assert pebal.losses == ["pebal"]
+    dense = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_densehybrid_finetune.yaml"), 19)
+    assert dense.losses == ["densehybrid"] and "loss_dh_outlier" in dense.weight_dict
+    assert "loss_dh_outlier_0" not in dense.weight_dict  # one outlier head: final prediction only
+
+
+def _finetune_steps(cfg, steps=3):
+    torch.manual_seed(0)
+    model = MaskFormerTrainer.build_model(cfg)  # applies the FREEZE_* keys
+    optimizer = MaskFormerTrainer.build_optimizer(cfg, model)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(steps):
+        losses = model(batch(seed=i))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    return model, losses, changed
+
+
+def test_finetuning_changes_only_class_head_and_mask_mlp():
+    cfg = small_cfg()
+    model, losses, changed = _finetune_steps(cfg)
+    assert {"loss_outlier", "loss_outlier_0", "loss_ce", "loss_mask", "loss_dice"} <= set(losses)
+    assert losses["loss_outlier"].item() > 0
+    trainable = {k for k in model.state_dict() if k.startswith(TRAINABLE)}
+    # Every other parameter and buffer (BatchNorm statistics included) is bit-identical.
+    assert changed == trainable and trainable
+    assert not model.backbone.training and not model.sem_seg_head.pixel_decoder.training
+
+
+def test_densehybrid_finetuning_trains_its_head_too():
+    cfg = small_cfg(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_densehybrid_finetune.yaml")
+    model, losses, changed = _finetune_steps(cfg, steps=2)
+    assert set(losses) == {"loss_dh_ce", "loss_dh_outlier", "loss_dh_density"}
+    head = {k for k in changed if k.startswith("sem_seg_head.outlier_head.")}
+    assert head and changed - head <= {k for k in model.state_dict() if k.startswith(TRAINABLE)}
+
+
+def test_release_config_trains_0_21_percent_of_swin_b(reference_dir):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
+    model = build_on(cfg, "meta")
+    prefixes = finetune_trainable_prefixes(cfg, model)
+    assert prefixes == ["sem_seg_head.predictor.class_embed", "sem_seg_head.predictor.mask_embed"]
+    from rba_plugin.modeling.freeze import freeze_except, trainable_parameter_count
+
+    freeze_except(model, prefixes)
+    trainable, total = trainable_parameter_count(model)
+    # Linear 256 -> 20 plus a 3-layer 256-wide MLP.
+    assert trainable == (256 * 20 + 20) + 3 * (256 * 256 + 256)
+    assert 100 * trainable / total == pytest.approx(0.21, abs=0.005)
