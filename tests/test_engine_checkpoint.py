@@ -229,3 +229,19 @@ def test_mask2former_densehybrid_fine_tuning_initialises_from_closed_set(tmp_pat
     with pytest.raises(CheckpointMismatchError, match=r"(?s)missing in the checkpoint \(6\).*sem_seg_head.outlier_head.conv.weight"):
         SafeCheckpointer(cfg, build_model(cfg), allow_new_modules=False).load(path)
     assert build_model(m2f_cfg()).newly_initialized_prefixes == ()  # the closed-set model adds nothing
+
+
+@pytest.mark.parametrize("fixture_name", ["m2f_swin_micro_rba_seed7.pt", "m2f_swin_micro_3level_seed11.pt"])
+def test_official_state_dicts_pass_the_strict_load(reference_dir, tmp_path, fixture_name):
+    # State dicts written by the official RbA / Mask2Former code load with nothing missing or extra,
+    # also for evaluation (no newly initialised modules allowed).
+    from .m2f_build import build_on, fixture_cfg, load_fixture
+
+    fixture = load_fixture(reference_dir / fixture_name)
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": fixture["state_dict"]}, path)
+    cfg = fixture_cfg(fixture)
+    model = build_on(cfg)
+    SafeCheckpointer(cfg, model, allow_new_modules=False).load(str(path))
+    for key, value in fixture["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value), key
