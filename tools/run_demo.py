@@ -30,13 +30,14 @@ import numpy as np
 import torch
 
 import rba_plugin  # noqa: F401  (registers models and datasets)
-from detectron2.checkpoint import DetectionCheckpointer
+
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.logger import setup_logger
 from rba_plugin.config import get_cfg
 from rba_plugin.data import ensure_synthcity, load_anomaly_label
 from rba_plugin.engine import MaskFormerTrainer, evaluate_with_progress
+from rba_plugin.engine.checkpoint import SafeCheckpointer
 from rba_plugin.evaluation import OODEvaluator
 from rba_plugin.utils.visualization import anomaly_heatmap, overlay_heatmap, side_by_side
 
@@ -46,7 +47,7 @@ FINETUNE_CONFIG = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetun
 SCORES = ["msp", "maxlogit", "energy", "rba"]
 METRICS = ["AP", "FPR95", "AUROC", "sIoU", "PPV", "mean_F1"]
 # Iterations of closed-set training and of fine-tuning.
-PRESETS = {"default": (1500, 300), "quick": (30, 10)}
+PRESETS = {"default": (800, 200), "quick": (30, 10)}
 
 logger = logging.getLogger("rba_plugin.demo")
 
@@ -79,7 +80,7 @@ def train(cfg) -> Path:
 def evaluate(cfg, weights: Path, stage: str, output_dir: Path) -> Dict[str, Dict[str, float]]:
     """Anomaly metrics per score on synthcity_anomaly and mIoU on synthcity_val."""
     model = MaskFormerTrainer.build_model(cfg)
-    DetectionCheckpointer(model).load(str(weights))
+    SafeCheckpointer(cfg, model, allow_new_modules=False).load(str(weights))
     ood_dir = output_dir / stage
     ood = evaluate_with_progress(
         model,

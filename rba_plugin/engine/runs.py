@@ -6,7 +6,7 @@ import contextlib
 import logging
 from typing import Iterator, Mapping, Sequence
 
-from detectron2.checkpoint import DetectionCheckpointer
+from .checkpoint import SafeCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils.logger import setup_logger
 from torch import nn
@@ -60,7 +60,7 @@ def train_run(cfg) -> nn.Module:
 def load_run_model(cfg) -> nn.Module:
     """The model of ``cfg`` with MODEL.WEIGHTS loaded, in eval mode."""
     model = MaskFormerTrainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(cfg.MODEL.WEIGHTS)
+    SafeCheckpointer(cfg, model, allow_new_modules=False).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
