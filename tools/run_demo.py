@@ -79,7 +79,7 @@ def train(cfg) -> Path:
 
 def evaluate(cfg, weights: Path, stage: str, output_dir: Path) -> Dict[str, Dict[str, float]]:
     """Anomaly metrics per score on synthcity_anomaly and mIoU on synthcity_val."""
-    model = MaskFormerTrainer.build_model(cfg)
+    model = MaskFormerTrainer.build_model(cfg).eval()
     SafeCheckpointer(cfg, model, allow_new_modules=False).load(str(weights))
     ood_dir = output_dir / stage
     ood = evaluate_with_progress(
