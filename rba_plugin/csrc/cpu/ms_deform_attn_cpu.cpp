@@ -12,56 +12,10 @@
 #include <type_traits>
 
 #include "../ms_deform_attn.h"
+#include "../ms_deform_attn_sampling.h"
 
 namespace rba_plugin {
 namespace {
-
-// The four bilinear corners of one sampling point on one level of one head.
-// offset[c] is the element offset of corner c inside value (head and batch already applied),
-// weight[c] its bilinear weight, or 0 when the corner lies outside the map.
-template <typename scalar_t>
-struct BilinearCorners {
-  int64_t offset[4];
-  scalar_t weight[4];
-  bool valid[4];
-  // Fractions used by the location gradient.
-  scalar_t lh, lw, hh, hw;
-};
-
-// Returns false when the point is entirely outside the map (the sample is zero).
-template <typename scalar_t>
-inline bool bilinear_corners(scalar_t loc_x, scalar_t loc_y, int64_t height, int64_t width,
-                             int64_t base, int64_t row_stride, BilinearCorners<scalar_t>& c) {
-  const scalar_t h = loc_y * static_cast<scalar_t>(height) - scalar_t(0.5);
-  const scalar_t w = loc_x * static_cast<scalar_t>(width) - scalar_t(0.5);
-  if (!(h > scalar_t(-1) && w > scalar_t(-1) && h < static_cast<scalar_t>(height) &&
-        w < static_cast<scalar_t>(width))) {
-    return false;
-  }
-  const int64_t h_low = static_cast<int64_t>(std::floor(h));
-  const int64_t w_low = static_cast<int64_t>(std::floor(w));
-  const int64_t h_high = h_low + 1;
-  const int64_t w_high = w_low + 1;
-  c.lh = h - static_cast<scalar_t>(h_low);
-  c.lw = w - static_cast<scalar_t>(w_low);
-  c.hh = scalar_t(1) - c.lh;
-  c.hw = scalar_t(1) - c.lw;
-  const bool top = h_low >= 0, bottom = h_high <= height - 1;
-  const bool left = w_low >= 0, right = w_high <= width - 1;
-  c.valid[0] = top && left;
-  c.valid[1] = top && right;
-  c.valid[2] = bottom && left;
-  c.valid[3] = bottom && right;
-  c.offset[0] = base + (h_low * width + w_low) * row_stride;
-  c.offset[1] = base + (h_low * width + w_high) * row_stride;
-  c.offset[2] = base + (h_high * width + w_low) * row_stride;
-  c.offset[3] = base + (h_high * width + w_high) * row_stride;
-  c.weight[0] = c.valid[0] ? c.hh * c.hw : scalar_t(0);
-  c.weight[1] = c.valid[1] ? c.hh * c.lw : scalar_t(0);
-  c.weight[2] = c.valid[2] ? c.lh * c.hw : scalar_t(0);
-  c.weight[3] = c.valid[3] ? c.lh * c.lw : scalar_t(0);
-  return true;
-}
 
 // Channel loops with the channel count known at compile time (kChannels > 0) vectorise and
 // unroll fully; kChannels == 0 is the generic path for any count.

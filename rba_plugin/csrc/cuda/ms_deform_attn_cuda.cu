@@ -12,55 +12,13 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "../ms_deform_attn.h"
+#include "../ms_deform_attn_sampling.h"
 
 namespace rba_plugin {
 namespace {
 
 constexpr int kWarp = 32;
 constexpr int kThreads = 256;
-
-template <typename scalar_t>
-struct Corners {
-  int64_t offset[4];
-  scalar_t weight[4];
-  bool valid[4];
-  scalar_t lh, lw, hh, hw;
-};
-
-template <typename scalar_t>
-__device__ __forceinline__ bool bilinear_corners(scalar_t loc_x, scalar_t loc_y, int64_t height,
-                                                 int64_t width, int64_t base, int64_t row_stride,
-                                                 Corners<scalar_t>& c) {
-  const scalar_t h = loc_y * static_cast<scalar_t>(height) - scalar_t(0.5);
-  const scalar_t w = loc_x * static_cast<scalar_t>(width) - scalar_t(0.5);
-  if (!(h > scalar_t(-1) && w > scalar_t(-1) && h < static_cast<scalar_t>(height) &&
-        w < static_cast<scalar_t>(width))) {
-    return false;
-  }
-  const int64_t h_low = static_cast<int64_t>(floor(h));
-  const int64_t w_low = static_cast<int64_t>(floor(w));
-  const int64_t h_high = h_low + 1;
-  const int64_t w_high = w_low + 1;
-  c.lh = h - static_cast<scalar_t>(h_low);
-  c.lw = w - static_cast<scalar_t>(w_low);
-  c.hh = scalar_t(1) - c.lh;
-  c.hw = scalar_t(1) - c.lw;
-  const bool top = h_low >= 0, bottom = h_high <= height - 1;
-  const bool left = w_low >= 0, right = w_high <= width - 1;
-  c.valid[0] = top && left;
-  c.valid[1] = top && right;
-  c.valid[2] = bottom && left;
-  c.valid[3] = bottom && right;
-  c.offset[0] = base + (h_low * width + w_low) * row_stride;
-  c.offset[1] = base + (h_low * width + w_high) * row_stride;
-  c.offset[2] = base + (h_high * width + w_low) * row_stride;
-  c.offset[3] = base + (h_high * width + w_high) * row_stride;
-  c.weight[0] = c.valid[0] ? c.hh * c.hw : scalar_t(0);
-  c.weight[1] = c.valid[1] ? c.hh * c.lw : scalar_t(0);
-  c.weight[2] = c.valid[2] ? c.lh * c.hw : scalar_t(0);
-  c.weight[3] = c.valid[3] ? c.lh * c.lw : scalar_t(0);
-  return true;
-}
 
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t warp_sum(scalar_t v) {
@@ -88,7 +46,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
     const int64_t n = row / queries;
     const int64_t sample0 = (row * heads + m) * levels * points;
     scalar_t acc = 0;
-    Corners<scalar_t> c;
+    BilinearCorners<scalar_t> c;
     for (int64_t l = 0; l < levels; ++l) {
       const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
       const int64_t base = (n * num_value + starts[l]) * row_stride + m * channels + ch;
@@ -134,7 +92,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value,
     const int64_t n = row / queries;
     const scalar_t* gout = grad_out + row * row_stride + m * channels;
     const int64_t sample0 = warp * levels * points;
-    Corners<scalar_t> c;
+    BilinearCorners<scalar_t> c;
     for (int64_t l = 0; l < levels; ++l) {
       const int64_t height = shapes[2 * l], width = shapes[2 * l + 1];
       const int64_t base = (n * num_value + starts[l]) * row_stride + m * channels;
