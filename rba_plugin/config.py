@@ -112,17 +112,20 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
 
 
 def add_rba_config(cfg: CfgNode) -> None:
-    """The keys RbA (NazirNayal8/RbA, ``mask2former/config.py``) added, with RbA's defaults.
+    """The keys RbA (NazirNayal8/RbA, ``mask2former/config.py``) added, with RbA's defaults,
+    plus the plugin's anomaly-score keys.
 
     They exist so RbA's configs and released-model dumps merge and mean the same thing here.
-    What the plugin acts on today: nothing below. The RbA issue wires the outlier supervision
-    group (OUTLIER_* , SCORE_NORM, INLIER_UPPER_THRESHOLD) and the MODEL.FREEZE_* group.
-    Accepted but not acted on (and not planned): SMOOTHNESS_*, SPARSITY_*, GAMBLER_*/PEBAL_*
-    (PEBAL inside Mask2Former), DENSE_HYBRID_*, MATCHER = "FixedMatcher", USE_POINT_REND,
-    SOLVER.FORCE_REGION_PARTITION, the open-panoptic keys, REPEAT_INSTANCE_MASKS, the WANDB
+    Acted on: the outlier supervision group (OUTLIER_SUPERVISION, OUTLIER_LOSS_TARGET with
+    SCORE_NORM, OUTLIER_LOSS_FUNC, INLIER/OUTLIER thresholds, OUTLIER_WEIGHT), PEBAL inside
+    Mask2Former (GAMBLER_*, PEBAL_*, SMOOTHNESS_*, SPARSITY_*), DenseHybrid (DENSE_HYBRID_*), the
+    MODEL.FREEZE_* group (rba_plugin/engine/finetune.py) and OOD_SCORES / OOD_SCORE_SMOOTHING.
+    Accepted but not acted on: MATCHER = "FixedMatcher" and USE_POINT_REND /
+    SOLVER.FORCE_REGION_PARTITION (training refuses them), SMOOTHNESS_SCORE, PEBAL_REWARD (used by
+    PEBAL's code only for empty inputs), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the WANDB
     keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
     """
-    # --- outlier supervision (RbA's loss; wired by the RbA issue) ---
+    # --- outlier supervision (RbA's loss; rba_plugin/modeling/outlier_criterion.py) ---
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
     # Score the loss is applied to: none / nls / energy / softmax_entropy / sum_entropy.
     cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET = "none"
@@ -145,7 +148,7 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.PEBAL_ENERGY_WEIGHT = 0.1
     # DenseHybrid inside Mask2Former: beta1 of the outlier head's CE (DENSE_HYBRID_BETA is beta2).
     cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_WEIGHT = 0.3
-    # --- PEBAL / DenseHybrid variants inside Mask2Former (not acted on) ---
+    # --- PEBAL / DenseHybrid variants inside Mask2Former (they replace the class/mask losses) ---
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_SCORE = "energy"
@@ -170,7 +173,7 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.DATASETS.UNSEEN_LABEL_SET = "datasets/unknown/unknown_K20.txt"
     # --- data (not acted on) ---
     cfg.INPUT.REPEAT_INSTANCE_MASKS = 1
-    # --- freezing for outlier fine-tuning (wired by the RbA issue). RbA's precedence inside
+    # --- freezing for outlier fine-tuning (rba_plugin/engine/finetune.py). RbA's precedence inside
     # the predictor: EXCEPT_OBJECT_QUERIES > EXCEPT_MLP_AND_OOD_PRED > EXCEPT_MLP > whole decoder.
     cfg.MODEL.FREEZE_BACKBONE = False
     cfg.MODEL.FREEZE_PIXEL_DECODER = False
