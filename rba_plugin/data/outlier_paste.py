@@ -16,7 +16,7 @@ from detectron2.data.detection_utils import read_image
 
 from .outlier_pool import coco_outlier_pool_paths, list_outlier_pool
 
-__all__ = ["OutlierPaster", "select_proxy_subset"]
+__all__ = ["OutlierPaster", "read_pool_entry", "select_proxy_subset"]
 
 
 def select_proxy_subset(pool: Sequence[dict], proxy_size: int, seed: int) -> List[dict]:
@@ -27,6 +27,19 @@ def select_proxy_subset(pool: Sequence[dict], proxy_size: int, seed: int) -> Lis
     ordered = sorted(pool, key=lambda r: r["outlier_mask_file"])
     order = np.random.default_rng(seed).permutation(len(ordered))
     return [ordered[i] for i in order[: min(proxy_size, len(ordered))]]
+
+
+def read_pool_entry(record: dict, image_format: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(H x W x 3 uint8 image, H x W uint8 mask with 254 on the object) of one pool entry;
+    an unreadable mask or a mask of another size than its image is an error naming the files."""
+    image = read_image(record["file_name"], format=image_format)
+    mask = cv2.imread(record["outlier_mask_file"], cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ValueError(f"cannot read outlier mask {record['outlier_mask_file']}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"outlier mask {record['outlier_mask_file']} is {mask.shape}, image "
+                         f"{record['file_name']} is {image.shape[:2]}")
+    return image, mask
 
 
 class OutlierPaster:
@@ -93,13 +106,7 @@ class OutlierPaster:
         """(h x w x 3 uint8 crop, h x w bool mask) of proxy entry ``index``, cropped to its object."""
         if index not in self._objects:
             record = self.proxy[index]
-            image = read_image(record["file_name"], format=self.image_format)
-            mask = cv2.imread(record["outlier_mask_file"], cv2.IMREAD_GRAYSCALE)
-            if mask is None:
-                raise ValueError(f"cannot read outlier mask {record['outlier_mask_file']}")
-            if mask.shape != image.shape[:2]:
-                raise ValueError(f"outlier mask {record['outlier_mask_file']} is {mask.shape}, image "
-                                 f"{record['file_name']} is {image.shape[:2]}")
+            image, mask = read_pool_entry(record, self.image_format)
             mask = mask == 254
             ys, xs = np.nonzero(mask)
             if len(ys) == 0:

@@ -7,15 +7,13 @@ from __future__ import annotations
 import copy
 from typing import Dict, List, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 
-from ..outlier_paste import OutlierPaster
+from ..outlier_paste import OutlierPaster, read_pool_entry
 from .mask_former_semantic import MaskFormerSemanticDatasetMapper, build_semantic_train_augmentations
 from .registry import register_train_mapper
 
@@ -105,13 +103,7 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
     def raw_outlier(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         """(h x w x 3 uint8 image, h x w int64 label) of one random proxy-pool entry."""
         record = self.outlier_paster.proxy[int(rng.integers(len(self.outlier_paster.proxy)))]
-        image = read_image(record["file_name"], format=self.img_format)
-        mask = cv2.imread(record["outlier_mask_file"], cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise ValueError(f"cannot read outlier mask {record['outlier_mask_file']}")
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"outlier mask {record['outlier_mask_file']} is {mask.shape}, image "
-                             f"{record['file_name']} is {image.shape[:2]}")
+        image, mask = read_pool_entry(record, self.img_format)
         label = np.where(mask == 254, self.ood_label, 0).astype(np.int64)
         if self.raw_outlier_size is not None:
             image, label = fit_to_size(image, label, self.raw_outlier_size, self.ignore_label)
