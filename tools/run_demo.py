@@ -33,6 +33,7 @@ import rba_plugin  # noqa: F401  (registers models and datasets)
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from rba_plugin.config import get_cfg
 from rba_plugin.data import ensure_synthcity, load_anomaly_label
@@ -47,7 +48,7 @@ FINETUNE_CONFIG = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetun
 SCORES = ["msp", "maxlogit", "energy", "rba"]
 METRICS = ["AP", "FPR95", "AUROC", "sIoU", "PPV", "mean_F1"]
 # Iterations of closed-set training and of fine-tuning.
-PRESETS = {"default": (800, 200), "quick": (30, 10)}
+PRESETS = {"default": (1600, 1000), "quick": (30, 10)}
 
 logger = logging.getLogger("rba_plugin.demo")
 
@@ -59,7 +60,8 @@ def build_cfg(config_file: Path, output_dir: Path, max_iter: int, opts: List[str
     cfg.OUTPUT_DIR = str(output_dir)
     cfg.SOLVER.MAX_ITER = max_iter
     cfg.SOLVER.CHECKPOINT_PERIOD = max(1, max_iter // 3)
-    cfg.TEST.EVAL_PERIOD = 0  # the demo evaluates both models itself, after training
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.DATASETS.TEST = ()  # the demo evaluates both models itself (the trainer would after its last step)
     cfg.MODEL.MASK_FORMER.OOD_SCORES = list(SCORES)
     cfg.freeze()
     return cfg
@@ -68,6 +70,7 @@ def build_cfg(config_file: Path, output_dir: Path, max_iter: int, opts: List[str
 def train(cfg) -> Path:
     """Train to cfg.SOLVER.MAX_ITER, resuming from the output directory's last checkpoint."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as detectron2's default_setup does
     trainer = MaskFormerTrainer(cfg)
     trainer.resume_or_load(resume=True)
     if trainer.start_iter >= cfg.SOLVER.MAX_ITER:
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--force", action="store_true", help="discard earlier results in --output-dir")
+    parser.add_argument("--closed-iters", type=int, help="closed-set training iterations (overrides the preset)")
+    parser.add_argument("--finetune-iters", type=int, help="fine-tuning iterations (overrides the preset)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for both stages")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
@@ -162,6 +167,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.time()
     closed_iters, finetune_iters = PRESETS[args.preset]
+    closed_iters = args.closed_iters or closed_iters
+    finetune_iters = args.finetune_iters or finetune_iters
 
     root = MetadataCatalog.get("synthcity_train").get("image_root")
     logger.info("Synthetic benchmark: %s", ensure_synthcity(os.fspath(root)))

@@ -3,8 +3,9 @@
 * Anomaly family (test split only): star polygons with checkerboards or stripes, lumpy "lost
   cargo" blobs with asphalt-like or cardboard textures, four-legged "animals" with spots, and
   mossy rocks with foliage-like textures (close to vegetation / terrain on purpose).
-* Outlier family (the pasting pool, used in training): rings, crescents, rounded squares and
-  crosses with radial gradients, polka dots and plaid.
+* Outlier family (the pasting pool, used in training): tyre-like rings, sack-like crescents,
+  crate-like rounded squares and crossed planks, mostly in everyday-object colours with wood
+  grain, grime, plaid or polka dots (a quarter in saturated colours).
 
 A sprite is (mask: h x w bool, rgb: h x w x 3 float32 in 0..1).
 """
@@ -104,42 +105,78 @@ ANOMALY_FAMILY: Dict[str, Callable[[np.random.Generator, int], Sprite]] = {
 
 # ----------------------------------------------------------------------------- outlier family
 
+# Everyday-object colours (browns, greys, off-whites, dull greens and blues); the pool draws
+# from them most of the time, like the natural objects of COCO that RbA pastes. A pool of
+# saturated sprites only would look like the inlier traffic signs and shirts, and fine-tuning
+# on it teaches "saturated = outlier" instead of "no inlier class fits".
+_EVERYDAY = np.array([(0.45, 0.3, 0.18), (0.6, 0.45, 0.28), (0.3, 0.3, 0.32), (0.55, 0.55, 0.52), (0.85, 0.83, 0.78),
+                      (0.15, 0.13, 0.12), (0.35, 0.42, 0.25), (0.3, 0.38, 0.5), (0.7, 0.6, 0.45), (0.5, 0.22, 0.15)],
+                     np.float32)
+
+
+def _object_color(rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.25:
+        return _color(rng)
+    return np.clip(_EVERYDAY[int(rng.integers(len(_EVERYDAY)))] * rng.uniform(0.8, 1.2)
+                   + rng.uniform(-0.04, 0.04, 3), 0, 1).astype(np.float32)
+
+
+def _surface(rng: np.random.Generator, shape: Tuple[int, int], rgb: np.ndarray) -> np.ndarray:
+    """A plain colour roughened by one of: wood grain, fractal grime, fine noise."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        grain = stripes(shape, rng.uniform(3, 8), rng.uniform(0, np.pi)) + 0.8 * fractal_noise(rng, shape, 6, 2)
+        shade = 1 + 0.12 * grain
+    elif kind == 1:
+        shade = 1 + 0.25 * fractal_noise(rng, shape, 8, 3)
+    else:
+        shade = 1 + 0.08 * fractal_noise(rng, shape, 32, 2)
+    return (rgb * shade[..., None]).astype(np.float32)
+
 
 def ring_sprite(rng: np.random.Generator, size: int) -> Sprite:
+    """A tyre / hose coil: an annulus with concentric bands."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     r = np.hypot(yy - size / 2, xx - size / 2) / (size / 2)
     mask = (r < 0.98) & (r > rng.uniform(0.0, 0.6))
     rings = np.cos(r * rng.uniform(8, 25))
-    return mask, _two_tone(rings, _color(rng), _color(rng, saturated=False))
+    return mask, _surface(rng, (size, size), _two_tone(rings, _object_color(rng), _object_color(rng)))
 
 
 def crescent_sprite(rng: np.random.Generator, size: int) -> Sprite:
+    """A sack or bag: a crescent, polka-dotted or plain."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c = size / 2
     dx, dy = rng.uniform(0.2, 0.5) * size * np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])
     mask = (np.hypot(yy - c, xx - c) < c * 0.98) & (np.hypot(yy - c - dy, xx - c - dx) > c * 0.8)
     dots = spots(rng, (size, size), rng.uniform(1, 3), (max(1, size // 20), max(2, size // 10)))
-    rgb = _color(rng) * (1 - dots[..., None]) + _color(rng) * dots[..., None]
-    return mask, rgb.astype(np.float32)
+    if rng.random() < 0.5:
+        dots = np.zeros_like(dots)
+    rgb = _object_color(rng) * (1 - dots[..., None]) + _object_color(rng) * dots[..., None]
+    return mask, _surface(rng, (size, size), rgb.astype(np.float32))
 
 
 def rounded_square_sprite(rng: np.random.Generator, size: int) -> Sprite:
+    """A crate, box or suitcase: a superellipse, plaid or plain."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     u, v = (xx - size / 2) / (size / 2), (yy - size / 2) / (size / 2)
     n = rng.uniform(3, 6)
     mask = np.abs(u) ** n + np.abs(v) ** n < 0.95
     plaid = 0.5 * stripes((size, size), rng.uniform(4, 12), 0.0) + 0.5 * stripes((size, size), rng.uniform(4, 12), np.pi / 2)
-    return mask, _two_tone(plaid, _color(rng), _color(rng))
+    if rng.random() < 0.5:
+        plaid = np.zeros_like(plaid)
+    return mask, _surface(rng, (size, size), _two_tone(plaid, _object_color(rng), _object_color(rng)))
 
 
 def cross_sprite(rng: np.random.Generator, size: int) -> Sprite:
+    """Crossed planks or pipes, shaded along one diagonal."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     arm = rng.uniform(0.15, 0.35) * size
     c = size / 2
     mask = ((np.abs(xx - c) < arm) | (np.abs(yy - c) < arm)) & (np.maximum(np.abs(xx - c), np.abs(yy - c)) < c * 0.95)
-    hue = (xx + yy) / (2 * size)
-    rgb = np.stack([np.sin(2 * np.pi * (hue + k / 3)) * 0.4 + 0.5 for k in range(3)], -1)
-    return mask, rgb.astype(np.float32)
+    ramp = ((xx + yy) / (2 * size))[..., None]
+    rgb = _object_color(rng) * (0.75 + 0.5 * ramp)
+    return mask, _surface(rng, (size, size), rgb.astype(np.float32))
 
 
 OUTLIER_FAMILY: Dict[str, Callable[[np.random.Generator, int], Sprite]] = {

@@ -32,7 +32,7 @@ from .samples import make_anomaly_sample, make_inlier_sample, make_outlier_sampl
 __all__ = ["SynthCityParams", "ensure_synthcity", "is_up_to_date", "GENERATOR_VERSION", "META_FILE"]
 
 # Bump whenever the rendering changes: cached datasets of another version are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: everyday-object colours in the outlier family
 META_FILE = "synthcity_meta.json"
 SPLIT_SEEDS = {"train": 0, "val": 1, "anomaly": 2, "outliers": 3}
 
