@@ -41,6 +41,13 @@ def saved(tmp_path, model, name="model_0000001"):
     return str(tmp_path / f"{name}.pth")
 
 
+def keep_saved_weights(path, keep):
+    """Rewrites the checkpoint at ``path`` with only the model weights whose name passes ``keep``."""
+    state = torch.load(path, weights_only=False)
+    state["model"] = {k: v for k, v in state["model"].items() if keep(k)}
+    torch.save(state, path)
+
+
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     model = seeded(Net, 0)
     checkpointer = SafeCheckpointer(model, str(tmp_path))
@@ -134,9 +141,7 @@ def test_key_mismatch_lists_keys_and_refuses(tmp_path):
     assert "unexpected in the checkpoint (2)" in message and "extra.weight" in message and "extra.bias" in message
     assert "different shapes (3)" in message and "backbone.weight: (4, 3) in the checkpoint, (5, 3) in the model" in message
     # Missing keys: a checkpoint without the head.
-    state = torch.load(path, weights_only=False)
-    state["model"] = {k: v for k, v in state["model"].items() if k.startswith("backbone.")}
-    torch.save(state, path)
+    keep_saved_weights(path, lambda name: name.startswith("backbone."))
     with pytest.raises(CheckpointMismatchError) as error:
         SafeCheckpointer(seeded(Net, 1)).load(path)
     assert "missing in the checkpoint (2)" in str(error.value) and "head.weight" in str(error.value)
@@ -145,9 +150,7 @@ def test_key_mismatch_lists_keys_and_refuses(tmp_path):
 def test_partial_load_when_asked_loads_what_matches(tmp_path):
     source = seeded(Net, 0)
     path = saved(tmp_path, source)
-    state = torch.load(path, weights_only=False)
-    state["model"] = {k: v for k, v in state["model"].items() if k.startswith("backbone.")}
-    torch.save(state, path)
+    keep_saved_weights(path, lambda name: name.startswith("backbone."))
     cfg = get_cfg()
     cfg.MODEL.ALLOW_PARTIAL_LOAD = True
     target = seeded(Net, 1)
@@ -166,9 +169,7 @@ def test_declared_new_modules_may_be_missing_for_training_only(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="ood_head.weight"):
         SafeCheckpointer(seeded(NetWithNewHead, 1), allow_new_modules=False).load(path)  # evaluation
     # Only the declared prefix is excused: a checkpoint lacking the head as well is refused.
-    state = torch.load(path, weights_only=False)
-    state["model"].pop("head.bias")
-    torch.save(state, path)
+    keep_saved_weights(path, lambda name: name != "head.bias")
     with pytest.raises(CheckpointMismatchError) as error:
         SafeCheckpointer(seeded(NetWithNewHead, 1)).load(path)
     assert "missing in the checkpoint (1)" in str(error.value) and "head.bias" in str(error.value)
