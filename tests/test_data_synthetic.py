@@ -149,3 +149,20 @@ def test_anomalies_vary_in_size_and_placement():
     assert len(areas) >= 30
     assert areas.min() < 150 and areas.max() > 4000  # tiny debris to large objects
     assert np.ptp(rows) > 100  # near and far
+
+
+def test_outlier_pool_objects_are_mostly_in_everyday_colours():
+    # A pool of saturated sprites only looks like the inlier signs and shirts; most objects must
+    # be dull (mean chroma max(rgb) - min(rgb) of the object pixels at most 0.4; a saturated
+    # colour has one channel >= 0.7 and the others <= 0.3).
+    from rba_plugin.data.synthetic.objects import OUTLIER_FAMILY
+
+    names = sorted(OUTLIER_FAMILY)
+    chroma = []
+    for i in range(200):
+        mask, rgb = OUTLIER_FAMILY[names[i % len(names)]](np.random.default_rng([5, i]), 48)
+        pixels = np.clip(rgb[mask], 0, 1)
+        chroma.append(float((pixels.max(1) - pixels.min(1)).mean()))
+    chroma = np.array(chroma)
+    assert (chroma > 0.4).mean() < 0.5
+    assert (chroma > 0.4).any()  # a share of saturated objects stays, as COCO has colourful things

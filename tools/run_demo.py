@@ -149,15 +149,31 @@ def format_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line arguments; ``closed_iters`` / ``finetune_iters`` come resolved (option, else preset)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="output/demo")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--force", action="store_true", help="discard earlier results in --output-dir")
-    parser.add_argument("--closed-iters", type=int, help="closed-set training iterations (overrides the preset)")
-    parser.add_argument("--finetune-iters", type=int, help="fine-tuning iterations (overrides the preset)")
+    parser.add_argument("--closed-iters", type=_positive_int, help="closed-set training iterations (overrides the preset)")
+    parser.add_argument("--finetune-iters", type=_positive_int, help="fine-tuning iterations (overrides the preset)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for both stages")
     args = parser.parse_args(argv)
+    preset_closed, preset_finetune = PRESETS[args.preset]
+    args.closed_iters = args.closed_iters or preset_closed
+    args.finetune_iters = args.finetune_iters or preset_finetune
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
     if args.force and output_dir.exists():
         shutil.rmtree(output_dir)
@@ -166,17 +182,14 @@ def main(argv=None) -> int:
     setup_logger(output=str(output_dir / "log.txt"), name="rba_plugin")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.time()
-    closed_iters, finetune_iters = PRESETS[args.preset]
-    closed_iters = args.closed_iters or closed_iters
-    finetune_iters = args.finetune_iters or finetune_iters
 
     root = MetadataCatalog.get("synthcity_train").get("image_root")
     logger.info("Synthetic benchmark: %s", ensure_synthcity(os.fspath(root)))
 
-    closed_cfg = build_cfg(CLOSED_SET_CONFIG, output_dir / "closed_set", closed_iters, args.opts)
+    closed_cfg = build_cfg(CLOSED_SET_CONFIG, output_dir / "closed_set", args.closed_iters, args.opts)
     closed_weights = train(closed_cfg)
     finetune_cfg = build_cfg(
-        FINETUNE_CONFIG, output_dir / "rba_finetune", finetune_iters, ["MODEL.WEIGHTS", str(closed_weights)] + args.opts
+        FINETUNE_CONFIG, output_dir / "rba_finetune", args.finetune_iters, ["MODEL.WEIGHTS", str(closed_weights)] + args.opts
     )
     finetuned_weights = train(finetune_cfg)
 

@@ -1,0 +1,51 @@
+"""tools/run_demo.py's schedule options and the configs it builds (the full run is `make demo`)."""
+import importlib.util
+
+import pytest
+
+from rba_plugin.config import get_cfg
+
+from .conftest import REPO_ROOT
+
+
+def _run_demo():
+    spec = importlib.util.spec_from_file_location("run_demo", REPO_ROOT / "tools" / "run_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_iteration_options_override_the_preset():
+    demo = _run_demo()
+    args = demo.parse_args([])
+    assert (args.closed_iters, args.finetune_iters) == (1600, 1000)
+    args = demo.parse_args(["--preset", "quick", "--finetune-iters", "5"])
+    assert (args.closed_iters, args.finetune_iters) == (30, 5)
+    args = demo.parse_args(["--closed-iters", "7", "MODEL.DEVICE", "cpu"])
+    assert (args.closed_iters, args.finetune_iters, args.opts) == (7, 1000, ["MODEL.DEVICE", "cpu"])
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_non_positive_iterations_are_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        _run_demo().parse_args(["--closed-iters", value])
+    assert f"must be at least 1, got {value}" in capsys.readouterr().err
+
+
+def test_stage_configs_train_without_trainer_side_evaluation(tmp_path):
+    demo = _run_demo()
+    cfg = demo.build_cfg(demo.FINETUNE_CONFIG, tmp_path / "ft", 12, ["MODEL.WEIGHTS", "closed.pth"])
+    assert cfg.DATASETS.TEST == () and cfg.TEST.EVAL_PERIOD == 0  # the demo evaluates both models itself
+    assert cfg.SOLVER.MAX_ITER == 12 and cfg.SOLVER.CHECKPOINT_PERIOD == 4
+    assert cfg.OUTPUT_DIR == str(tmp_path / "ft") and cfg.MODEL.WEIGHTS == "closed.pth"
+    assert list(cfg.MODEL.MASK_FORMER.OOD_SCORES) == demo.SCORES and cfg.SEED == 0
+
+
+def test_synthetic_finetune_pastes_as_many_objects_per_step_as_the_released_recipe(reference_dir):
+    released = get_cfg()
+    released.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
+    synthetic = get_cfg()
+    synthetic.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetune.yaml"))
+    assert synthetic.SOLVER.IMS_PER_BATCH < released.SOLVER.IMS_PER_BATCH
+    assert synthetic.SOLVER.IMS_PER_BATCH * synthetic.INPUT.OOD_PROB == pytest.approx(
+        released.SOLVER.IMS_PER_BATCH * released.INPUT.OOD_PROB)
