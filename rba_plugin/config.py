@@ -1,16 +1,42 @@
 """The plugin's configuration: Detectron2's defaults plus every key rba_plugin reads.
 
 Key names follow Mask2Former (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``, ``MODEL.SWIN.*``)
-and RbA, so the official config files merge unchanged. Each ``add_*_config`` adds one group.
+and RbA, so the official config files merge unchanged. Each ``add_*_config`` adds one group; a
+component with keys of its own (a per-pixel method, a loss term) adds its group from its own
+module with :func:`register_config_group`, and :func:`get_cfg` applies every registered group.
+:func:`load_config` is the one way every tool reads a config file plus ``KEY VALUE`` overrides.
 """
 from __future__ import annotations
+
+import os
+from typing import Callable, List, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as _detectron2_get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["get_cfg", "add_maskformer2_config", "add_rba_config", "add_anomaly_data_config", "add_pixel_ood_config", "add_checkpoint_config"]
+__all__ = [
+    "get_cfg",
+    "load_config",
+    "register_config_group",
+    "set_anomaly_scores",
+    "add_maskformer2_config",
+    "add_rba_config",
+    "add_anomaly_data_config",
+    "add_ood_config",
+    "add_checkpoint_config",
+]
+
+# Config groups of components, added by get_cfg() after the plugin's own groups.
+_CONFIG_GROUPS: List[Callable[[CfgNode], None]] = []
+
+
+def register_config_group(fn: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
+    """Decorator: ``fn(cfg)`` adds a component's config group in every :func:`get_cfg`. The
+    group's keys must not exist yet (two components cannot own one key)."""
+    _CONFIG_GROUPS.append(fn)
+    return fn
 
 
 def add_maskformer2_config(cfg: CfgNode) -> None:
@@ -119,13 +145,14 @@ def add_rba_config(cfg: CfgNode) -> None:
     Acted on: the outlier supervision group (OUTLIER_SUPERVISION, OUTLIER_LOSS_TARGET with
     SCORE_NORM, OUTLIER_LOSS_FUNC, INLIER/OUTLIER thresholds, OUTLIER_WEIGHT), PEBAL inside
     Mask2Former (GAMBLER_*, PEBAL_*, SMOOTHNESS_*, SPARSITY_*), DenseHybrid (DENSE_HYBRID_*), the
-    MODEL.FREEZE_* group (rba_plugin/engine/finetune.py) and OOD_SCORES / OOD_SCORE_SMOOTHING.
-    Accepted but not acted on: MATCHER = "FixedMatcher" and USE_POINT_REND /
-    SOLVER.FORCE_REGION_PARTITION (training refuses them), SMOOTHNESS_SCORE, PEBAL_REWARD (used by
+    MODEL.FREEZE_* group (rba_plugin/modeling/meta_arch/mask_former.py) and OOD_SCORES /
+    OOD_SCORE_SMOOTHING (aliases of MODEL.OOD.SCORES / SMOOTHING_KERNEL).
+    Refused when set (not implemented): MATCHER = "FixedMatcher", USE_POINT_REND and
+    SOLVER.FORCE_REGION_PARTITION. Accepted but not acted on: SMOOTHNESS_SCORE, PEBAL_REWARD (used by
     PEBAL's code only for empty inputs), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the WANDB
     keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
     """
-    # --- outlier supervision (RbA's loss; rba_plugin/modeling/outlier_criterion.py) ---
+    # --- outlier supervision (RbA's loss; loss terms of rba_plugin/modeling/loss_terms/) ---
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
     # Score the loss is applied to: none / nls / energy / softmax_entropy / sum_entropy.
     cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET = "none"
@@ -136,12 +163,10 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0
-    # --- anomaly scores at inference (rba_plugin's; RbA chose them on its command line) ---
-    # Names from rba_plugin.modeling.ood's registry (rba, maxlogit, msp, entropy, energy,
-    # neg_logit_sum) or "densehybrid" (needs the DenseHybrid outlier head). The first is the
-    # output "ood_score"; with several, "ood_scores" holds each, so one evaluation compares them.
-    cfg.MODEL.MASK_FORMER.OOD_SCORES = ["rba"]
-    cfg.MODEL.MASK_FORMER.OOD_SCORE_SMOOTHING = False  # Gaussian blur, kernel 7, sigma 1
+    # --- anomaly scores at inference: aliases of MODEL.OOD.SCORES and of MODEL.OOD.SMOOTHING_KERNEL
+    # 7 (rba_plugin.modeling.ood.resolve_score_config); empty / False = not set here.
+    cfg.MODEL.MASK_FORMER.OOD_SCORES = []
+    cfg.MODEL.MASK_FORMER.OOD_SCORE_SMOOTHING = False
     # PEBAL inside Mask2Former (RbA paper appendix C.3): energy hinge margins and weight beta.
     cfg.MODEL.MASK_FORMER.PEBAL_M_IN = -3.5
     cfg.MODEL.MASK_FORMER.PEBAL_M_OUT = -2.5
@@ -256,8 +281,6 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
 
     # OOD evaluation (rba_plugin.evaluation.OODEvaluator).
     cfg.TEST.OOD = CfgNode()
-    # Output keys to evaluate; [] = "ood_score" plus every entry of "ood_scores".
-    cfg.TEST.OOD.SCORE_KEYS = []
     cfg.TEST.OOD.WITH_COMPONENTS = True  # sIoU / PPV / mean F1 (needs a second pass over cached maps)
     # Component threshold delta (prediction = score >= delta); None = best pixel F1 on the dataset.
     cfg.TEST.OOD.COMPONENT_THRESHOLD = None
@@ -267,116 +290,22 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     cfg.TEST.OOD.WRITE_CURVES = True  # PR / ROC PNGs and a JSON of the results in OUTPUT_DIR
 
 
-def add_pixel_ood_config(cfg: CfgNode) -> None:
-    """The per-pixel DeepLabV3+ branch: method choice and each method's hyper-parameters.
-
-    Defaults follow the papers; where the official code differs, the code's value is an option
-    (named in the comment).
-    """
-    cfg.MODEL.PIXEL_OOD = CfgNode()
-    # "ClosedSet" (plain CE training of the base model), "RPL", "PEBAL", "RAML", "VCA".
-    cfg.MODEL.PIXEL_OOD.METHOD = "ClosedSet"
-    # Score of the closed-set model at inference (a name of rba_plugin.modeling.ood's registry).
-    cfg.MODEL.PIXEL_OOD.SCORE = "maxlogit"
-    # Gaussian smoothing of the anomaly score (RPL and PEBAL: kernel 7, sigma 1); 0 disables.
-    cfg.MODEL.PIXEL_OOD.SMOOTH_KERNEL = 7
-    cfg.MODEL.PIXEL_OOD.SMOOTH_SIGMA = 1.0
-    # Extra parameter-name prefixes to keep trainable on top of the method's own (rarely needed).
-    cfg.MODEL.PIXEL_OOD.EXTRA_TRAINABLE = []
-    # Padding multiple of the batched images; -1 = the backbone's own (32 when it has none).
-    cfg.MODEL.PIXEL_OOD.SIZE_DIVISIBILITY = -1
-    # Train ids treated as void in training (RAML's incremental settings hold classes out:
-    # "16+1" = [13], "16+3" = [13, 14, 15]); ids are not compacted.
-    cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES = []
-
-    # RPL + CoroCL (Liu et al., ICCV 2023).
-    cfg.MODEL.RPL = CfgNode()
-    cfg.MODEL.RPL.ENERGY_WEIGHT = 0.05  # alpha of Eq. 4
-    cfg.MODEL.RPL.ENTROPY_T = 1.0  # t of the dis-similarity term of Eq. 5
-    # Inlier targets of Eq. 5: "pseudo" = argmax of the frozen model (paper and code), "gt".
-    cfg.MODEL.RPL.INLIER_TARGET = "pseudo"
-    # Initialise the residual ASPP from the head's trained ASPP when a checkpoint lacks it
-    # (official code); False keeps the fresh initialisation.
-    cfg.MODEL.RPL.INIT_FROM_HEAD_ASPP = True
-    cfg.MODEL.RPL.COROCL_WEIGHT = 1.0  # 0 disables CoroCL (plain RPL)
-    cfg.MODEL.RPL.COROCL_TAU = 0.1
-    cfg.MODEL.RPL.COROCL_MAX_VIEWS = 512  # pixels sampled per set
-    cfg.MODEL.RPL.EXPAND_LR_MULT = 10.0  # official code: 10x lr on the expand conv (see optim.py)
-    cfg.MODEL.RPL.PROJ_DIM = 304  # projector output width (official: the decoder input width)
-    # Raw outlier images for CoroCL's contrastive set come in batched_inputs[i]["outlier_image"]
-    # with their mask in ["outlier_sem_seg"] (OOD_LABEL on the object, anything else = context).
-    # Official code also uses the raw image's background as "inlier" context: option below.
-    cfg.MODEL.RPL.COROCL_OUTLIER_BG_AS_INLIER = True
-
-    # PEBAL (Tian et al., ECCV 2022). Losses from rba_plugin.modeling.ood.losses.
-    cfg.MODEL.PEBAL = CfgNode()
-    # PAL's outlier-pixel term weight: 1 in the paper's Eq. 2; the official code uses 0.1.
-    cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT = 1.0
-    # Targets of an outlier pixel in PAL: "all" Y+1 labels (paper) or the Y inlier ones (code).
-    cfg.MODEL.PEBAL.PAL_OUTLIER_CLASSES = "all"
-    # Stop gradients through the penalty a = (-E)^2 (official code lets them flow: False).
-    cfg.MODEL.PEBAL.DETACH_PENALTY = False
-    cfg.MODEL.PEBAL.ENERGY_WEIGHT = 0.1  # lambda of Eq. 2 on the energy hinge
-    cfg.MODEL.PEBAL.M_IN = -12.0
-    cfg.MODEL.PEBAL.M_OUT = -6.0
-    # Eq. 8: beta1 on smoothness, beta2 on sparsity (paper). The official code swaps them:
-    # SMOOTH_WEIGHT = 3e-6 with SMOOTH_NORM "l2", SPARSITY_WEIGHT = 5e-4 with SPARSITY_NORM "l2"
-    # on outlier pixels only (SPARSITY_ON "outlier").
-    cfg.MODEL.PEBAL.SMOOTH_WEIGHT = 5e-4
-    cfg.MODEL.PEBAL.SPARSITY_WEIGHT = 3e-6
-    cfg.MODEL.PEBAL.SMOOTH_NORM = "l1"  # paper |E - E_N|; code 0.5 (E - E_N)^2
-    cfg.MODEL.PEBAL.SPARSITY_NORM = "l1"  # paper |E|; code ||E||_2
-    cfg.MODEL.PEBAL.SPARSITY_ON = "all"  # paper: every pixel; code: "outlier"
-    # "sum" over pixels (paper and code); "mean" makes the regularisers resolution-independent.
-    cfg.MODEL.PEBAL.REG_REDUCTION = "sum"
-
-    # RAML (Dong et al., IJCAI 2022): anomaly stage and MCA incremental few-shot stage.
-    cfg.MODEL.RAML = CfgNode()
-    cfg.MODEL.RAML.STAGE = "anomaly"  # "anomaly" (RAML head) or "mca" (MCA fine-tuning)
-    cfg.MODEL.RAML.EMBED_DIMS = [256, 128]  # the two FC layers D
-    cfg.MODEL.RAML.CIRCLE_MARGIN = 0.25
-    cfg.MODEL.RAML.CIRCLE_GAMMA = 8.0
-    cfg.MODEL.RAML.REGION_DROP_PROB = 0.3  # random sub-regions of class masks (official DropBlock)
-    cfg.MODEL.RAML.REGION_DROP_BLOCK = 3
-    cfg.MODEL.RAML.REGIONS_PER_CLASS = 2
-    cfg.MODEL.RAML.PROTOTYPE_MOMENTUM = 0.9  # EMA of known-class prototypes during training
-    cfg.MODEL.RAML.SOBEL_THRESH = 50.0  # alpha (Lost&Found 50, Road Anomaly 150), on 0..255 grey
-    cfg.MODEL.RAML.MSP_THRESH = 0.7  # beta (Lost&Found 0.7, Road Anomaly 0.4)
-    cfg.MODEL.RAML.MIN_REGION_AREA = 1
-    cfg.MODEL.MCA = CfgNode()
-    cfg.MODEL.MCA.NUM_META = 4  # K
-    cfg.MODEL.MCA.ACTIVATION = "softmax"  # paper; official code: "sigmoid"
-    cfg.MODEL.MCA.ETA = 0.02
-    # L_split bound: "min" gives -log(min(x, 1)) (bounded, the official code); "max" is the
-    # literal Eq. 8 -log(max(x, 1)).
-    cfg.MODEL.MCA.SPLIT_BOUND = "min"
-    # x of L_split: "sum" = eta * sum over pixels (paper Eq. 8); "mean" = mean / eta (code).
-    cfg.MODEL.MCA.SPLIT_MASS = "sum"
-    cfg.MODEL.MCA.INTER_REDUCTION = "sum"  # over channel pairs i < j (paper Eq. 7); code: "mean"
-    cfg.MODEL.MCA.HEAD_LR_MULT = 10.0  # label predictor 0.1 vs feature extractor 0.01 (paper)
-    cfg.MODEL.MCA.INTER_WEIGHT = 0.1
-    cfg.MODEL.MCA.SPLIT_WEIGHT = 0.1
-    cfg.MODEL.MCA.REC_WEIGHT = 0.01
-    # Known channels of C: "nll" (the first N channels are the in-distribution segmentation,
-    # paper) or "dice_bce" (official code).
-    cfg.MODEL.MCA.KNOWN_LOSS = "nll"
-    cfg.MODEL.MCA.KAPPA = 0.1  # candidate channel threshold (paper); official code 0.15
-    cfg.MODEL.MCA.THETA_NOVEL = 0.8
-    cfg.MODEL.MCA.CHANNEL_THRESH = 0.5  # binarisation of meta channels
-    # Eq. 13 counts a channel's pixels inside the novel mask (official code); False counts all.
-    cfg.MODEL.MCA.CANDIDATE_INSIDE_MASK = True
-    cfg.MODEL.MCA.MIN_REGION_AREA = 1  # official code: 250 px at stride 4
-
-    # VCA open-set prototype baseline (Siam et al.).
-    cfg.MODEL.VCA = CfgNode()
-    cfg.MODEL.VCA.EMBED_DIM = 256
-    cfg.MODEL.VCA.SQUARED_DISTANCE = False  # official head: Euclidean, not squared
-    cfg.MODEL.VCA.SUPCON_WEIGHT = 0.0  # auxiliary supervised contrastive loss (0 = off)
-    cfg.MODEL.VCA.SUPCON_TAU = 0.07
-    cfg.MODEL.VCA.SUPCON_MAX_VIEWS = 512
-    cfg.MODEL.VCA.SUPCON_PROJ_DIM = 128
-    # Parts trained with the head (official motion configs freeze backbone and neck).
-    cfg.MODEL.VCA.TRAIN_BACKBONE = False
+def add_ood_config(cfg: CfgNode) -> None:
+    """What every meta-architecture reads: anomaly scores at inference and extra loss terms."""
+    cfg.MODEL.OOD = CfgNode()
+    # Registered scores (rba_plugin.modeling.ood.available_scores(): rba, maxlogit, msp, entropy,
+    # energy, neg_logit_sum, densehybrid, unknown_probability, raml, ...). The first is the output
+    # "ood_score"; with several, "ood_scores" holds each, so one evaluation compares them. A score
+    # whose inputs the model does not produce is refused when the model is built.
+    # [] = the model's own default (Mask2Former: rba; a per-pixel method: its paper's score).
+    cfg.MODEL.OOD.SCORES = []
+    # Gaussian smoothing of every score map (odd kernel size; 0 = off; -1 = the model's default:
+    # 7 for RPL and PEBAL, as their official test code, 0 otherwise), with this sigma.
+    cfg.MODEL.OOD.SMOOTHING_KERNEL = -1
+    cfg.MODEL.OOD.SMOOTHING_SIGMA = 1.0
+    # Registered loss terms (rba_plugin.modeling.loss_terms.LOSS_TERM_REGISTRY) added to the ones
+    # the model trains with (Mask2Former's and RbA's; a per-pixel method's own list).
+    cfg.MODEL.LOSS_TERMS = []
 
 
 def add_checkpoint_config(cfg: CfgNode) -> None:
@@ -388,12 +317,46 @@ def add_checkpoint_config(cfg: CfgNode) -> None:
 
 
 def get_cfg() -> CfgNode:
-    """Detectron2's default config with every key of the plugin added."""
+    """Detectron2's default config with every key of the plugin (and of its registered
+    components) added."""
     cfg = _detectron2_get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
     add_rba_config(cfg)
     add_anomaly_data_config(cfg)
-    add_pixel_ood_config(cfg)
+    add_ood_config(cfg)
     add_checkpoint_config(cfg)
+    for add_group in _CONFIG_GROUPS:
+        add_group(cfg)
+    return cfg
+
+
+def load_config(config_file: Optional[str] = None, opts: Sequence[str] = (), *, freeze: bool = True) -> CfgNode:
+    """:func:`get_cfg`, merged with ``config_file`` (if given) and the ``KEY VALUE`` list ``opts``.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        KeyError / ValueError: from Detectron2's merge, naming the unknown key or bad value.
+    """
+    cfg = get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        cfg.merge_from_file(config_file)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
+    cfg.merge_from_list(list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def set_anomaly_scores(cfg: CfgNode, names: Sequence[str]) -> CfgNode:
+    """A frozen copy of ``cfg`` whose model outputs the scores ``names`` (MODEL.OOD.SCORES; the
+    alias MODEL.MASK_FORMER.OOD_SCORES is cleared so the two cannot disagree)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.OOD.SCORES = list(names)
+    cfg.MODEL.MASK_FORMER.OOD_SCORES = []
+    cfg.freeze()
     return cfg

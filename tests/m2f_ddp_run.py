@@ -27,7 +27,7 @@ import train_net  # noqa: E402
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args([
-        "--config-file", str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"), "--num-gpus", "2",
+        "--config-file", str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"), "--num-gpus", "2",
         "OUTPUT_DIR", str(OUTPUT_DIR / "out"), "DATASETS.TRAIN", "('m2f_ddp_scenes',)",
         "DATASETS.TEST", "('m2f_ddp_scenes',)", "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MIN_SIZE_TEST", "32",
         "INPUT.CROP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",

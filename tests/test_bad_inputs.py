@@ -20,14 +20,14 @@ from PIL import Image
 from rba_plugin.config import get_cfg
 from rba_plugin.data import load_anomaly_label, register_anomaly_dataset
 from rba_plugin.data.dataset_mappers import build_train_mapper
-from rba_plugin.engine import CheckpointMismatchError, CheckpointReadError, MaskFormerTrainer, SafeCheckpointer
-from rba_plugin.engine.predictor import read_rgb_image
+from rba_plugin.engine import CheckpointMismatchError, CheckpointReadError, Trainer, SafeCheckpointer
+from rba_plugin.data.image_io import read_rgb_image
 from rba_plugin.modeling.ood import compute_ood_score
 
 from .conftest import REPO_ROOT
 
-M2F_CONFIG = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl.yaml"
-PIXEL_CONFIG = REPO_ROOT / "configs/pixel/synth/closed_set.yaml"
+M2F_CONFIG = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl.yaml"
+PIXEL_CONFIG = REPO_ROOT / "configs/synthcity/pixel/closed_set.yaml"
 Row = Tuple[Callable[[], object], Optional[type], str]
 
 
@@ -104,7 +104,7 @@ def empty_training_dataset(tmp: Path) -> Row:
     DatasetCatalog.register(name, lambda: [])
     MetadataCatalog.get(name).set(ignore_label=255, evaluator_type="sem_seg")
     cfg = _m2f_cfg("DATASETS.TRAIN", f"('{name}',)", "DATALOADER.NUM_WORKERS", "0")
-    return lambda: MaskFormerTrainer.build_train_loader(cfg), AssertionError, f"Dataset '{name}' is empty"
+    return lambda: Trainer.build_train_loader(cfg), AssertionError, f"Dataset '{name}' is empty"
 
 
 def anomaly_label_outside_mapping(tmp: Path) -> Row:
@@ -169,8 +169,8 @@ def unknown_score_name(tmp: Path) -> Row:
 def unknown_score_name_in_config(tmp: Path) -> Row:
     cfg = get_cfg()
     cfg.merge_from_file(str(PIXEL_CONFIG))
-    cfg.MODEL.PIXEL_OOD.SCORE = "maxlogits"
-    return lambda: build_model(cfg), ValueError, r"MODEL.PIXEL_OOD.SCORE: unknown anomaly score 'maxlogits'"
+    cfg.MODEL.OOD.SCORES = ["maxlogits"]
+    return lambda: build_model(cfg), ValueError, r"MODEL.OOD.SCORES: unknown anomaly score 'maxlogits'"
 
 
 def image_smaller_than_model_minimum(tmp: Path) -> Row:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rba_plugin.engine.comparison import (
+from rba_plugin.experiments.comparison import (
     DEFAULT_METHODS,
     Budget,
     MethodEntry,
@@ -31,7 +31,7 @@ def stub_results(ap, fpr, miou, unknown=None):
     return {VAL: {"sem_seg": {"mIoU": miou, "fwIoU": 1.0}}, OOD: {OOD: ood}}
 
 
-def entry(name, config="configs/pixel/synth/closed_set.yaml", parent=None, **kw):
+def entry(name, config="configs/synthcity/pixel/closed_set.yaml", parent=None, **kw):
     return MethodEntry(name, "pixel", config, parent=parent, **kw)
 
 
@@ -83,14 +83,15 @@ def test_default_table_is_consistent():
         assert "does not exist" in reason or "is skipped" in reason, (name, reason)
 
 
-def test_overrides_set_budget_parent_weights_and_score_key(tmp_path):
+def test_overrides_set_budget_parent_weights_and_score(tmp_path):
     budget = Budget(base_iters=7, finetune_iters=3)
     base = run_overrides(entry("base"), budget, str(tmp_path / "base"), None)
     assert base[base.index("SOLVER.MAX_ITER") + 1] == "7" and "MODEL.WEIGHTS" not in base
-    child = run_overrides(entry("c", parent="base", score_key="msp"), budget, str(tmp_path / "c"), str(tmp_path / "base"))
+    child = run_overrides(entry("c", parent="base", score="msp"), budget, str(tmp_path / "c"), str(tmp_path / "base"))
     assert child[child.index("SOLVER.MAX_ITER") + 1] == "3"
     assert child[child.index("MODEL.WEIGHTS") + 1] == str(tmp_path / "base" / "model_final.pth")
-    assert child[child.index("TEST.OOD.SCORE_KEYS") + 1] == "['msp']"
+    assert child[child.index("MODEL.OOD.SCORES") + 1] == "['msp']"
+    assert "MODEL.OOD.SCORES" not in base  # no score named: the config's own
     assert "SOLVER.MAX_ITER" not in run_overrides(entry("f"), Budget(None, None), str(tmp_path), None)
 
 
@@ -118,7 +119,7 @@ def test_failures_are_reported_children_skipped_and_tables_written(tmp_path):
     assert payload["failed"] == out["failed"] and payload["meta"]["budget"] == {"base_iters": 5, "finetune_iters": 2}
     md = (tmp_path / "comparison.md").read_text()
     lines = [line for line in md.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
-    assert lines[0].startswith("| 1 | good | pixel | ood_score | 35.00 | 50.00 |")
+    assert lines[0].startswith("| 1 | good | pixel | default | 35.00 | 50.00 |")
     assert lines[1].startswith("| 2 | base |")
     assert "broken: RuntimeError: diverged" in md and "future: config configs/nope.yaml does not exist" in md
     assert not list(tmp_path.glob("*.tmp"))

@@ -16,7 +16,7 @@ from rba_plugin.utils.prediction_files import read_score_png16
 
 from .conftest import REPO_ROOT
 
-CONFIG = str(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl.yaml")
+CONFIG = str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl.yaml")
 TEST_SIZE = ("INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128")
 
 

@@ -23,7 +23,7 @@ from .conftest import REPO_ROOT
 from .test_data_outlier_paste import write_pool
 from .train_net_scenes import register, write_dataset
 
-PIXEL_CONFIG = str(REPO_ROOT / "configs/pixel/synth/closed_set.yaml")
+PIXEL_CONFIG = str(REPO_ROOT / "configs/synthcity/pixel/closed_set.yaml")
 
 
 def _free_port() -> int:

@@ -189,14 +189,14 @@ def test_backbone_pretraining_checkpoint_loads(tmp_path):
 
 def _pixel_cfg(name):
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / "configs" / "pixel" / "synth" / f"{name}.yaml"))
+    cfg.merge_from_file(str(REPO_ROOT / "configs" / "synthcity" / "pixel" / f"{name}.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
 @pytest.mark.parametrize("method", ["rpl", "pebal", "raml", "vca"])
 def test_fine_tune_configs_initialise_from_a_closed_set_checkpoint(tmp_path, method):
-    # What configs/pixel/synth/<method>.yaml's MODEL.WEIGHTS does: a closed-set model's checkpoint
+    # What configs/synthcity/pixel/<method>.yaml's MODEL.WEIGHTS does: a closed-set model's checkpoint
     # into a model with the method's new modules.
     closed = build_model(_pixel_cfg("closed_set"))
     path = saved(tmp_path, closed, "model_final")
@@ -216,13 +216,14 @@ def test_mask2former_densehybrid_fine_tuning_initialises_from_closed_set(tmp_pat
     # RbA's DenseHybrid variant adds sem_seg_head.outlier_head to the closed-set Mask2Former.
     def m2f_cfg(*opts):
         cfg = get_cfg()
-        cfg.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"))
+        cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"))
         cfg.merge_from_list(list(opts))
         return cfg
 
     closed = build_model(m2f_cfg())
     path = saved(tmp_path, closed, "model_final")
-    cfg = m2f_cfg("MODEL.MASK_FORMER.OOD_SCORES", "['densehybrid']", "MODEL.WEIGHTS", path)
+    cfg = m2f_cfg("MODEL.MASK_FORMER.DENSE_HYBRID_LOSS", "True", "MODEL.OOD.SCORES", "['densehybrid']",
+                  "MODEL.WEIGHTS", path)
     model = build_model(cfg)
     assert model.newly_initialized_prefixes == ("sem_seg_head.outlier_head.",)
     SafeCheckpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)

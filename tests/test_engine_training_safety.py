@@ -14,12 +14,12 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from rba_plugin.config import get_cfg
-from rba_plugin.engine import MaskFormerTrainer, NonFiniteLossError, check_finite_losses
+from rba_plugin.engine import Trainer, NonFiniteLossError, check_finite_losses
 
 from .conftest import REPO_ROOT
 from .m2f_scenes import register_scenes
 
-CONFIG = str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml")
+CONFIG = str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml")
 
 
 @META_ARCH_REGISTRY.register()
@@ -50,7 +50,7 @@ def test_non_finite_loss_names_term_and_iteration(tmp_path):
         "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "10",
         "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
     ])
-    trainer = MaskFormerTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     with pytest.raises(NonFiniteLossError) as error:
         trainer.train()

@@ -9,7 +9,7 @@ from .conftest import REPO_ROOT
 from .m2f_build import build_on, fixture_cfg, load_fixture, read_keys_tsv
 
 RELEASE_CFG = "rba_release_configs/swin_b_1dl.yaml"
-OUR_CFG = REPO_ROOT / "configs/cityscapes/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml"
+OUR_CFG = REPO_ROOT / "configs/cityscapes/mask2former/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml"
 
 
 def _state_dict_shapes(cfg):

@@ -93,7 +93,7 @@ def test_unknown_key_on_command_line_names_the_key():
 
 def test_bad_decoder_name_names_the_key():
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"))
+    cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"))
     cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "NoSuchDecoder"
     with pytest.raises(KeyError, match="TRANSFORMER_DECODER_NAME.*NoSuchDecoder"):
         build_on(cfg, "meta")
@@ -101,13 +101,13 @@ def test_bad_decoder_name_names_the_key():
 
 def test_encoder_level_not_among_inputs_names_the_key():
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"))
+    cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"))
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res6"]
     with pytest.raises(ValueError, match="DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES.*res6"):
         build_on(cfg, "meta")
 
 
-def test_rba_options_not_acted_on_refuse_to_train(reference_dir):
+def test_rba_options_not_acted_on_are_refused(reference_dir):
     from rba_plugin.engine import unsupported_training_options
 
     cfg = get_cfg()
@@ -115,8 +115,14 @@ def test_rba_options_not_acted_on_refuse_to_train(reference_dir):
     assert unsupported_training_options(cfg) == []
     cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
     assert unsupported_training_options(cfg) == []  # outlier supervision and freezing are wired
-    cfg.merge_from_list(["MODEL.MASK_FORMER.USE_POINT_REND", "True", "TEST.AUG.ENABLED", "True"])
-    assert unsupported_training_options(cfg) == ["MODEL.MASK_FORMER.USE_POINT_REND", "TEST.AUG.ENABLED"]
+    build_on(cfg, "meta")
+    cfg.merge_from_list(["TEST.AUG.ENABLED", "True"])
+    assert unsupported_training_options(cfg) == ["TEST.AUG.ENABLED"]
+    for key in ("MODEL.MASK_FORMER.USE_POINT_REND", "SOLVER.FORCE_REGION_PARTITION"):
+        ablation = cfg.clone()
+        ablation.merge_from_list([key, "True"])
+        with pytest.raises(NotImplementedError, match=f"{key}=True"):  # whatever the mode: the model refuses
+            build_on(ablation, "meta")
 
 
 def test_unknown_mapper_name_is_named():

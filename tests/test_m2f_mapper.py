@@ -64,7 +64,7 @@ def test_config_pipeline_keeps_image_and_label_aligned(tmp_path):
     # sits on that class's colour.
     dicts = write_scenes(tmp_path, 3, 64, 128, seed=3)
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"))
+    cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"))
     cfg.DATASETS.TRAIN = ()
     cfg.INPUT.MIN_SIZE_TRAIN = (48, 64, 96)
     cfg.INPUT.CROP.SIZE = (40, 56)

@@ -7,14 +7,14 @@ import torch
 from detectron2.structures import Instances
 
 from rba_plugin.config import get_cfg
-from rba_plugin.engine import build_maskformer_optimizer, maskformer_param_groups
+from rba_plugin.engine import build_optimizer, optimizer_param_groups
 from rba_plugin.modeling import semantic_scores
 from rba_plugin.modeling.position_encoding import PositionEmbeddingSine
 
 from .conftest import REPO_ROOT
 from .m2f_build import build_on
 
-MICRO = REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"
+MICRO = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"
 
 
 def _micro_cfg():
@@ -125,8 +125,8 @@ def test_param_groups_lr_and_weight_decay():
     torch.manual_seed(0)
     model = build_on(_micro_cfg())
     model.sem_seg_head.predictor.mask_embed.layers[0].weight.requires_grad_(False)
-    groups = maskformer_param_groups(model, base_lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1,
-                                     weight_decay_norm=0.0, weight_decay_embed=0.0)
+    groups = optimizer_param_groups(model, base_lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1,
+                                    weight_decay_norm=0.0, weight_decay_embed=0.0)
     where = {}
     for g in groups:
         for p in g["params"]:
@@ -161,7 +161,7 @@ def test_full_model_gradient_clipping():
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
     cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.01
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
-    optimizer = build_maskformer_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     before = [p.detach().clone() for p in model.parameters()]
     grads = [torch.full_like(p, 3.0) for p in model.parameters()]
     for p, g in zip(model.parameters(), grads):

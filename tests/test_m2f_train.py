@@ -14,7 +14,7 @@ from rba_plugin.engine import SafeCheckpointer
 from .conftest import REPO_ROOT
 from .m2f_scenes import register_scenes
 
-CONFIG = str(REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml")
+CONFIG = str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml")
 
 
 def _train_net():
@@ -46,7 +46,7 @@ def test_small_config_overfits_a_few_images(scenes, tmp_path):
     train_net = _train_net()
     cfg = train_net.setup(_args(scenes, tmp_path, "SOLVER.MAX_ITER", "20", "SOLVER.BASE_LR", "0.003",
                                 "SOLVER.CHECKPOINT_PERIOD", "1000", "DATASETS.TEST", "()"))
-    trainer = train_net.MaskFormerTrainer(cfg)
+    trainer = train_net.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]

@@ -6,7 +6,7 @@ import pytest
 import scipy.ndimage
 import torch
 
-from rba_plugin.modeling.ood import available_scores, compute_ood_score, densehybrid_score, gaussian_smooth
+from rba_plugin.modeling.ood import available_scores, compute_ood_score, densehybrid_score, gaussian_smooth, get_score
 
 # One pixel, three classes: L = (0.2, 1.5, 0.0); another pixel with no class claiming it.
 L = torch.tensor([[[0.2, 0.0]], [[1.5, 0.0]], [[0.0, 0.0]]])  # 3 x 1 x 2
@@ -18,7 +18,10 @@ def softmax(values):
 
 
 def test_registered_names():
-    assert available_scores() == ["energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "rba"]
+    assert available_scores() == ["densehybrid", "energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "raml", "rba",
+                                  "unknown_probability"]
+    assert [n for n in available_scores() if get_score(n).inputs == ("class_scores",)] == [
+        "energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "rba"]
 
 
 def test_rba_by_hand():
@@ -53,12 +56,22 @@ def test_higher_means_more_anomalous(name):
 
 def test_batched_equals_per_image():
     torch.manual_seed(0)
-    batch = torch.rand(2, 4, 5, 6) * 3
+    inputs = {"class_scores": torch.rand(2, 4, 5, 6) * 3, "outlier_logits": torch.randn(2, 2, 5, 6),
+              "open_set_logits": torch.randn(2, 5, 5, 6), "region_similarity": torch.rand(2, 1, 5, 6)}
     for name in available_scores():
-        together = compute_ood_score(name, batch)
-        assert together.shape == (2, 5, 6)
+        spec = get_score(name)
+        together = spec(inputs)
+        assert together.shape == (2, 5, 6), name
         for i in range(2):
-            assert torch.allclose(together[i], compute_ood_score(name, batch[i]))
+            assert torch.allclose(together[i], spec({k: v[i] for k, v in inputs.items()})), name
+
+
+def test_open_set_and_raml_scores_by_hand():
+    logits = torch.tensor([1.0, 0.0, 2.0]).view(3, 1, 1)  # two known classes + unknown
+    p_unknown = math.exp(2.0) / (math.exp(1.0) + 1.0 + math.exp(2.0))
+    assert get_score("unknown_probability")({"open_set_logits": logits}).item() == pytest.approx(p_unknown)
+    raml = get_score("raml")({"class_scores": L, "region_similarity": torch.tensor([[[0.5, 1.0]]])})
+    assert raml[0].tolist() == pytest.approx([-1.5 * 0.5, -0.0])
 
 
 def test_unknown_score_lists_known_names():

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from rba_plugin.config import get_cfg
 from rba_plugin.data.dataset_mappers import PixelSemanticOutlierMapper, build_train_mapper
 from rba_plugin.data.dataset_mappers.pixel_semantic_outlier import fit_to_size
-from rba_plugin.engine import MaskFormerTrainer
+from rba_plugin.engine import Trainer
 
 from .conftest import REPO_ROOT
 from .pixel_e2e_utils import load_tool, register_tiny_synthcity, tiny_run_opts
@@ -31,7 +31,7 @@ def tiny_synth(tmp_path_factory):
 
 def synth_cfg(method_file, prefix, output_dir, *extra):
     cfg = get_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / "configs/pixel/synth" / method_file))
+    cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/pixel" / method_file))
     cfg.merge_from_list(tiny_run_opts(prefix, output_dir, 2) + list(extra))
     return cfg
 
@@ -41,7 +41,7 @@ def test_optimizer_groups_follow_the_method():
     cfg.SOLVER.OPTIMIZER = "ADAM"
     cfg.SOLVER.BASE_LR = 0.01
     model = build_model(cfg)
-    optimizer = MaskFormerTrainer.build_optimizer(cfg, model)
+    optimizer = Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.Adam)
     by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
     expand = {id(p) for n, p in model.named_parameters() if n.startswith("ood_method.residual.expand.")}
@@ -53,12 +53,11 @@ def test_optimizer_groups_follow_the_method():
 
     cfg.SOLVER.OPTIMIZER = "LAMB"
     with pytest.raises(ValueError, match="LAMB"):
-        MaskFormerTrainer.build_optimizer(cfg, model)
+        Trainer.build_optimizer(cfg, model)
     cfg.SOLVER.OPTIMIZER = "SGD"
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
-    with pytest.raises(ValueError, match="full_model"):
-        MaskFormerTrainer.build_optimizer(cfg, model)
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"  # one builder for both branches: supported here too
+    assert type(Trainer.build_optimizer(cfg, model)).__name__ == "FullModelGradientClippingSGD"
 
 
 def test_fit_to_size_centre_crops_and_pads():
@@ -75,7 +74,9 @@ def test_fit_to_size_centre_crops_and_pads():
 
 def test_mapper_pastes_outliers_and_gives_corocl_raw_images(tiny_synth, tmp_path):
     cfg = synth_cfg("rpl_corocl.yaml", tiny_synth, tmp_path)
-    mapper = build_train_mapper(cfg)
+    # The trainer gives the mapper the extra inputs the model asks for (CoroCL's raw images).
+    assert build_model(cfg).extra_training_inputs == ("outlier_image",)
+    mapper = build_train_mapper(cfg, extra_inputs=("outlier_image",))
     assert isinstance(mapper, PixelSemanticOutlierMapper) and mapper.raw_outliers
     np.random.seed(0)
     record = DatasetCatalog.get(f"{tiny_synth}_train")[0]
@@ -89,6 +90,7 @@ def test_mapper_pastes_outliers_and_gives_corocl_raw_images(tiny_synth, tmp_path
     # the object pixels of the raw image are those of a pool mask
     assert (raw == 254).sum() > 0 and (raw == 255).sum() == 128 * 128 - 48 * 48
 
+    assert build_model(synth_cfg("rpl.yaml", tiny_synth, tmp_path)).extra_training_inputs == ()
     rpl = build_train_mapper(synth_cfg("rpl.yaml", tiny_synth, tmp_path))  # RPL without CoroCL
     assert rpl.outlier_paster is not None and not rpl.raw_outliers
     assert "outlier_image" not in rpl(record)
@@ -111,7 +113,7 @@ def test_every_method_trains_and_evaluates_through_train_net(tiny_synth, tmp_pat
     def run(method_file, name, *extra):
         out = tmp_path / name
         args = default_argument_parser().parse_args(
-            ["--config-file", str(REPO_ROOT / "configs/pixel/synth" / method_file), *tiny_run_opts(tiny_synth, out, 2), *extra]
+            ["--config-file", str(REPO_ROOT / "configs/synthcity/pixel" / method_file), *tiny_run_opts(tiny_synth, out, 2), *extra]
         )
         train_net.main(args)
         assert (out / "model_final.pth").is_file()

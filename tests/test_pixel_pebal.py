@@ -57,7 +57,7 @@ def test_pebal_losses_match_the_paper_formulas(base_state, with_outliers):
     losses = model(batch)
     with torch.no_grad():
         images = model.preprocess_image(batch)
-        logits = model.ood_method.logits(model.sem_seg_head, model.backbone(images.tensor))
+        logits = model.ood_method.logits(model.sem_seg_head, model.sem_seg_head.decode(model.backbone(images.tensor)))
     want = _hand_losses(logits.double(), batch[0]["sem_seg"][None], 4, outlier_weight=1.0, m_in=-12.0, m_out=-6.0, b1=5e-4, b2=3e-6)
     torch.testing.assert_close(losses["loss_pebal_pal"].double(), torch.as_tensor(want["pal"]).double(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(losses["loss_pebal_energy"].double(), torch.as_tensor(want["hinge"]).double(), rtol=1e-4, atol=1e-6)
@@ -74,7 +74,7 @@ def test_pebal_code_options_reach_the_losses(base_state):
     losses = model(batch)
     with torch.no_grad():
         images = model.preprocess_image(batch)
-        logits = model.ood_method.logits(model.sem_seg_head, model.backbone(images.tensor))
+        logits = model.ood_method.logits(model.sem_seg_head, model.sem_seg_head.decode(model.backbone(images.tensor)))
     E = -torch.logsumexp(logits[:, :4], dim=1)
     smooth = 0.5 * ((E[:, 1:] - E[:, :-1]) ** 2).sum() + 0.5 * ((E[:, :, 1:] - E[:, :, :-1]) ** 2).sum()
     sparse = E[batch[0]["sem_seg"][None] == 254].pow(2).sum().sqrt()

@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling import build_model
 
 import rba_plugin.modeling.pixel  # noqa: F401
-from rba_plugin.modeling.pixel.incremental import (
+from rba_plugin.experiments.incremental import (
     IncrementalFewShot,
     assign_novel_classes,
     confusion_matrix,
@@ -180,8 +180,8 @@ def test_reconstruction_loss_hand():
 def test_known_loss_nll_hand():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]]).t().reshape(1, 3, 1, 2)
     targets = torch.tensor([[[0, 255]]])
-    assert mca_known_loss(probs, targets, num_known=2, ignore_value=255).item() == pytest.approx(-math.log(0.7))
-    empty = mca_known_loss(probs, torch.full((1, 1, 2), 255), num_known=2, ignore_value=255)
+    assert mca_known_loss(probs, targets, num_known=2, ignore_label=255).item() == pytest.approx(-math.log(0.7))
+    empty = mca_known_loss(probs, torch.full((1, 1, 2), 255), num_known=2, ignore_label=255)
     assert empty.item() == 0.0
 
 
@@ -274,7 +274,10 @@ def test_raml_region_score_hand():
     regions = torch.zeros(8, 8, dtype=torch.long)
     regions[0:4, 0:4] = 1
     regions[0:4, 4:8] = 2
-    q = method.region_score(logits, feats, regions)
+    from rba_plugin.modeling.ood import get_score
+
+    similarity = method.region_similarity_map(feats, regions)
+    q = get_score("raml")({"class_scores": logits, "region_similarity": similarity[None]})
     assert torch.allclose(q[0:4, 0:4], torch.full((4, 4), -2.0))
     assert torch.allclose(q[0:4, 4:8], torch.full((4, 4), -2.0 / math.sqrt(2)))
     assert torch.allclose(q[4:], torch.full((4, 8), -2.0))  # outside regions: -max logit
@@ -321,7 +324,7 @@ def test_incremental_few_shot_pipeline_runs_and_paints_novel_regions():
 
 
 def test_pick_shots_is_seeded_and_only_takes_images_with_the_class():
-    from rba_plugin.modeling.pixel.incremental import pick_shots
+    from rba_plugin.experiments.incremental import pick_shots
 
     inputs = []
     for i in range(6):
@@ -338,7 +341,7 @@ def test_pick_shots_is_seeded_and_only_takes_images_with_the_class():
 
 
 def test_evaluate_incremental_pools_over_images():
-    from rba_plugin.modeling.pixel.incremental import evaluate_incremental
+    from rba_plugin.experiments.incremental import evaluate_incremental
 
     class FixedLearner:
         def __init__(self, preds):
@@ -367,7 +370,7 @@ def test_raml_bad_options_name_the_key():
 
 
 def test_run_incremental_setting_end_to_end_on_a_tiny_model():
-    from rba_plugin.modeling.pixel.incremental import run_incremental_setting
+    from rba_plugin.experiments.incremental import run_incremental_setting
 
     cfg = tiny_pixel_cfg("RAML", num_classes=19)
     torch.manual_seed(0)

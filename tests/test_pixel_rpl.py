@@ -185,7 +185,10 @@ def test_rpl_score_is_smoothed_energy_of_rpl_logits(closed_set_and_rpl):
         out = rpl(batch)[0]
         images = rpl.preprocess_image(batch)
         feats = rpl.backbone(images.tensor)
-        _, rpl_logits, _ = rpl.ood_method._forward_paths(rpl.sem_seg_head, feats)
+        head = rpl.sem_seg_head
+        dec_in = head.decode(feats)
+        residual, _ = rpl.ood_method.residual(feats["res5"], dec_in.shape[-2:])
+        rpl_logits = head.predictor(head.decoder["res2"]["fuse_conv"](dec_in + residual))
         up = torch.nn.functional.interpolate(rpl_logits, scale_factor=4, mode="bilinear", align_corners=False)
         energy = -torch.logsumexp(up, dim=1)
         want = gaussian_smooth(energy, kernel_size=7, sigma=1.0)[0]

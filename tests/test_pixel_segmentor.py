@@ -7,13 +7,11 @@ from detectron2.modeling import build_model
 
 import rba_plugin.modeling.pixel  # noqa: F401
 from rba_plugin.config import get_cfg
-from rba_plugin.modeling.pixel.deeplab_parts import decoder_input, head_logits
 from tests.conftest import REPO_ROOT
 from tests.pixel_utils import tiny_batch, tiny_pixel_cfg
 
-CONFIG_DIR = REPO_ROOT / "configs" / "pixel"
-SYNTH = sorted((CONFIG_DIR / "synth").glob("*.yaml"))
-REAL = sorted(CONFIG_DIR.glob("*.yaml"))
+SYNTH = sorted((REPO_ROOT / "configs" / "synthcity" / "pixel").glob("*.yaml"))
+REAL = sorted((REPO_ROOT / "configs" / "cityscapes" / "pixel").glob("*.yaml"))
 
 
 def _load(path: Path):
@@ -67,14 +65,13 @@ def test_piecewise_head_reproduces_detectron2_head_exactly():
     images = model.preprocess_image(tiny_batch(n=1, seed=3))
     with torch.no_grad():
         feats = model.backbone(images.tensor)
-        ours = head_logits(model.sem_seg_head, decoder_input(model.sem_seg_head, feats))
+        ours = model.sem_seg_head.classify(model.sem_seg_head.decode(feats))
         theirs = model.sem_seg_head.layers(feats)
     assert torch.equal(ours, theirs)
 
 
 def test_outputs_are_resized_to_the_original_size():
     cfg = tiny_pixel_cfg("ClosedSet")
-    cfg.MODEL.PIXEL_OOD.SMOOTH_KERNEL = 0
     torch.manual_seed(0)
     model = build_model(cfg)
     model.eval()
@@ -145,15 +142,17 @@ def test_aspp_pooling_window_divides_the_test_feature_map(path):
     assert (test_h // stride) % (crop_h // stride) == 0 and (test_w // stride) % (crop_w // stride) == 0
 
 
-def test_param_groups_hold_only_trainable_parameters_with_the_multipliers():
-    from rba_plugin.modeling.pixel.optim import lr_multipliers_from_config, pixel_param_groups
+def test_param_groups_hold_only_trainable_parameters_with_the_method_factors():
+    from rba_plugin.engine import build_optimizer
 
     cfg = tiny_pixel_cfg("RPL")
+    cfg.SOLVER.BASE_LR = 1e-4
     model = build_model(cfg)
-    groups = pixel_param_groups(model, 1e-4, 0.0, lr_multipliers_from_config(cfg))
+    groups = build_optimizer(cfg, model).param_groups
     by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    low, high = sorted(by_lr)
+    assert low == pytest.approx(1e-4) and high == pytest.approx(1e-4 * cfg.MODEL.RPL.EXPAND_LR_MULT)
     expand = {id(model.ood_method.residual.expand.weight)}
-    assert by_lr[1e-4 * 10.0] == expand
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert by_lr[1e-4] | expand == trainable and not (by_lr[1e-4] & expand)
-    assert lr_multipliers_from_config(tiny_pixel_cfg("PEBAL")) == {}
+    assert by_lr[high] == expand and by_lr[low] | expand == trainable and not (by_lr[low] & expand)
+    assert build_model(tiny_pixel_cfg("PEBAL")).lr_factors() == {}

@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 
 import rba_plugin.modeling.pixel  # noqa: F401
 from rba_plugin.modeling.pixel.contrastive import supcon_loss
-from rba_plugin.modeling.pixel.incremental import UnknownIoU
+from rba_plugin.evaluation import UnknownIoU
 from rba_plugin.modeling.pixel.vca import PrototypeClassifier
 from tests.pixel_utils import state_snapshot, tiny_batch, tiny_pixel_cfg, train_steps
 

@@ -12,7 +12,7 @@ from rba_plugin.data.synthetic import register_synthcity
 
 from .conftest import REPO_ROOT
 
-CONFIGS = REPO_ROOT / "configs" / "synthetic"
+CONFIGS = REPO_ROOT / "configs" / "synthcity" / "mask2former"
 
 
 def _train_net():

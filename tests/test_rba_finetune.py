@@ -10,13 +10,16 @@ import torch.nn.functional as F
 from detectron2.structures import Instances
 
 from rba_plugin.config import get_cfg
-from rba_plugin.engine import MaskFormerTrainer, finetune_trainable_prefixes
-from rba_plugin.modeling.outlier_criterion import OutlierSetCriterion, build_set_criterion, outlier_loss_score_name
+from rba_plugin.engine import Trainer
+from rba_plugin.modeling.criterion import build_set_criterion
+from rba_plugin.modeling.loss_terms import PixelTargets, SquaredHingeOutlierLoss
+from rba_plugin.modeling.loss_terms.outlier import outlier_loss_score_name
+from rba_plugin.modeling.meta_arch.mask_former import rba_trainable_prefixes
 
 from .conftest import REPO_ROOT
 from .m2f_build import build_on
 
-FINETUNE = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetune.yaml"
+FINETUNE = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_rba_finetune.yaml"
 TRAINABLE = ("sem_seg_head.predictor.class_embed.", "sem_seg_head.predictor.mask_embed.")
 
 
@@ -62,8 +65,8 @@ def test_inference_returns_every_configured_score():
 
 
 def test_unknown_score_name_fails_at_build():
-    cfg = small_cfg(FINETUNE, "MODEL.MASK_FORMER.OOD_SCORES", "['rba', 'rbaa']")
-    with pytest.raises(ValueError, match="unknown anomaly score 'rbaa'"):
+    cfg = small_cfg(FINETUNE, "MODEL.OOD.SCORES", "['rba', 'rbaa']")
+    with pytest.raises(ValueError, match="MODEL.OOD.SCORES: unknown anomaly score 'rbaa'"):
         build_on(cfg, "meta")
 
 
@@ -78,13 +81,13 @@ def test_outlier_loss_matches_hand_computation():
     # One image, Q = 2 queries, C = 2 classes, 2x2 mask logits, labels at 4x4.
     cfg = small_cfg()
     criterion = build_set_criterion(cfg, 2)
-    assert isinstance(criterion, OutlierSetCriterion)
-    assert criterion.losses == ["labels", "masks", "outlier"]
+    assert criterion.losses == ["labels", "masks"]
+    assert [type(t) for t in criterion.terms] == [SquaredHingeOutlierLoss]
     assert criterion.weight_dict["loss_outlier"] == 1.0 and criterion.weight_dict["loss_outlier_0"] == 1.0
     logits = torch.tensor([[[2.0, 0.0, 0.5], [0.0, 1.0, 0.0]]])
     masks = torch.tensor([[[[3.0, -3.0], [0.0, 1.0]], [[-1.0, 2.0], [0.5, -2.0]]]])
     labels = torch.tensor([[0, 0, 1, 1], [0, 254, 254, 1], [255, 254, 254, 1], [0, 0, 1, 1]])
-    loss = criterion.loss_outlier({"pred_logits": logits, "pred_masks": masks}, [{"sem_seg": labels}], None, 1)
+    loss = criterion.term_losses({"pred_logits": logits, "pred_masks": masks}, PixelTargets(labels[None]), False)
     # By hand: L = sum_q softmax(logits_q)[:C] * sigmoid(mask_q); RbA = -sum_k tanh(L_k) at 2x2,
     # upsampled bilinearly (half-pixel centres) to 4x4, then mean of (5 - RbA)^2 over the outliers.
     def softmax(row):
@@ -108,22 +111,27 @@ def test_outlier_loss_matches_hand_computation():
     assert loss["loss_outlier"].item() == pytest.approx(sum(values) / 4, rel=1e-5)
     # No outlier pixel anywhere: zero, not NaN.
     clean = torch.where(labels == 254, torch.zeros_like(labels), labels)
-    zero = criterion.loss_outlier({"pred_logits": logits, "pred_masks": masks}, [{"sem_seg": clean}], None, 1)
+    zero = criterion.term_losses({"pred_logits": logits, "pred_masks": masks}, PixelTargets(clean[None]), False)
     assert zero["loss_outlier"].item() == 0.0
 
 
 def test_pebal_and_densehybrid_replace_the_mask_losses():
-    pebal = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_pebal_finetune.yaml"), 19)
-    assert pebal.losses == ["pebal"]
-    dense = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_densehybrid_finetune.yaml"), 19)
-    assert dense.losses == ["densehybrid"] and "loss_dh_outlier" in dense.weight_dict
+    pebal = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_pebal_finetune.yaml"), 19,
+                                ["class_scores", "class_scores_and_no_object", "energy"])
+    assert pebal.losses == [] and [type(t).__name__ for t in pebal.terms] == [
+        "MaskFormerPEBALAbstention", "MaskFormerPEBALEnergyHinge", "MaskFormerEnergySmoothness", "MaskFormerEnergySparsity"]
+    assert "loss_pal_0" in pebal.weight_dict and "loss_ce" not in pebal.weight_dict
+    dense = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_densehybrid_finetune.yaml"), 19,
+                                ["class_scores", "outlier_logits"])
+    assert dense.losses == [] and [type(t).__name__ for t in dense.terms] == ["MaskFormerDenseHybridLoss"]
+    assert "loss_dh_outlier" in dense.weight_dict
     assert "loss_dh_outlier_0" not in dense.weight_dict  # one outlier head: final prediction only
 
 
 def _finetune_steps(cfg, steps=3):
     torch.manual_seed(0)
-    model = MaskFormerTrainer.build_model(cfg)  # applies the FREEZE_* keys
-    optimizer = MaskFormerTrainer.build_optimizer(cfg, model)
+    model = Trainer.build_model(cfg)  # applies the FREEZE_* keys
+    optimizer = Trainer.build_optimizer(cfg, model)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for i in range(steps):
@@ -148,7 +156,7 @@ def test_finetuning_changes_only_class_head_and_mask_mlp():
 
 
 def test_densehybrid_finetuning_trains_its_head_too():
-    cfg = small_cfg(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_densehybrid_finetune.yaml")
+    cfg = small_cfg(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_densehybrid_finetune.yaml")
     model, losses, changed = _finetune_steps(cfg, steps=2)
     assert set(losses) == {"loss_dh_ce", "loss_dh_outlier", "loss_dh_density"}
     head = {k for k in changed if k.startswith("sem_seg_head.outlier_head.")}
@@ -159,7 +167,7 @@ def test_release_config_trains_0_21_percent_of_swin_b(reference_dir):
     cfg = get_cfg()
     cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
     model = build_on(cfg, "meta")
-    prefixes = finetune_trainable_prefixes(cfg, model)
+    prefixes = rba_trainable_prefixes(cfg, has_outlier_head=False)
     assert prefixes == ["sem_seg_head.predictor.class_embed", "sem_seg_head.predictor.mask_embed"]
     from rba_plugin.modeling.freeze import freeze_except, trainable_parameter_count
 

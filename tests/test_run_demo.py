@@ -38,14 +38,14 @@ def test_stage_configs_train_without_trainer_side_evaluation(tmp_path):
     assert cfg.DATASETS.TEST == () and cfg.TEST.EVAL_PERIOD == 0  # the demo evaluates both models itself
     assert cfg.SOLVER.MAX_ITER == 12 and cfg.SOLVER.CHECKPOINT_PERIOD == 4
     assert cfg.OUTPUT_DIR == str(tmp_path / "ft") and cfg.MODEL.WEIGHTS == "closed.pth"
-    assert list(cfg.MODEL.MASK_FORMER.OOD_SCORES) == demo.SCORES and cfg.SEED == 0
+    assert list(cfg.MODEL.OOD.SCORES) == demo.SCORES and cfg.SEED == 0
 
 
 def test_synthetic_finetune_pastes_as_many_objects_per_step_as_the_released_recipe(reference_dir):
     released = get_cfg()
     released.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
     synthetic = get_cfg()
-    synthetic.merge_from_file(str(REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetune.yaml"))
+    synthetic.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_rba_finetune.yaml"))
     assert synthetic.SOLVER.IMS_PER_BATCH < released.SOLVER.IMS_PER_BATCH
     assert synthetic.SOLVER.IMS_PER_BATCH * synthetic.INPUT.OOD_PROB == pytest.approx(
         released.SOLVER.IMS_PER_BATCH * released.INPUT.OOD_PROB)

@@ -8,11 +8,11 @@ and closed-set mIoU.
     python tools/compare_methods.py --list                    # the method table
     python tools/compare_methods.py ... --opts DATALOADER.NUM_WORKERS 0   # overrides for every run
 
-Each method is one entry of rba_plugin.engine.comparison.DEFAULT_METHODS (config, parent run,
-score key). Entries whose config file does not exist yet are skipped with a message; a method
+Each method is one entry of rba_plugin.experiments.comparison.DEFAULT_METHODS (config, parent
+run, anomaly score). Entries whose config file does not exist yet are skipped with a message; a method
 that fails is reported in the table and does not stop the others. Fine-tunes start from their
 parent's model_final.pth in <output>/runs/<parent>/. Runs share this process (the trainer is
-rba_plugin.engine.MaskFormerTrainer, as in tools/train_net.py).
+rba_plugin.engine.Trainer, as in tools/train_net.py).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import rba_plugin  # noqa: E402,F401  (registers models, mappers and datasets)
-from rba_plugin.engine.comparison import DEFAULT_METHODS, PRESETS, Budget, MethodEntry, run_comparison  # noqa: E402
-from rba_plugin.engine.runs import evaluate_run, isolated_logging, load_run_model, setup_run, train_run  # noqa: E402
+from rba_plugin.experiments.comparison import DEFAULT_METHODS, PRESETS, Budget, MethodEntry, run_comparison  # noqa: E402
+from rba_plugin.experiments.runs import evaluate_run, isolated_logging, load_run_model, setup_run, train_run  # noqa: E402
 
 
 def train_and_evaluate(entry: MethodEntry, config_file: str, opts: List[str], ood_dataset: str,
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.list:
         for e in DEFAULT_METHODS:
-            print(f"{e.name:28s} {e.branch:12s} {e.config}  parent={e.parent} score={e.score_key}"
+            print(f"{e.name:28s} {e.branch:12s} {e.config}  parent={e.parent} score={e.score or 'default'}"
                   f"{'' if e.train else ' (evaluation only)'}")
         return {}
     preset = PRESETS[args.preset]

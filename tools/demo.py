@@ -11,9 +11,9 @@ Per input image ``<stem>``, under DIR:
   <stem>_score.npy     the raw H x W anomaly score, float32
   <stem>_score.png     the same as a 16-bit PNG over its range (text chunks score_min / score_max)
 
-Grayscale, 16-bit, palette and RGBA images are converted to RGB. ``--score NAME`` reports the
-model's ``ood_scores[NAME]`` when it computes it, else the registered score NAME of its class
-scores; without it, the model's ``ood_score`` (RbA of the class scores if it has none).
+Grayscale, 16-bit, palette and RGBA images are converted to RGB. ``--score NAME`` shows any
+registered score the model can produce (e.g. ``densehybrid`` on a DenseHybrid model,
+``unknown_probability`` on VCA); without it, the model's first configured score.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from typing import List, Sequence
 
 import rba_plugin  # noqa: F401  (registers models and datasets)
 from detectron2.utils.logger import setup_logger
-from rba_plugin.config import get_cfg
-from rba_plugin.engine.predictor import AnomalyPredictor, read_rgb_image
+from rba_plugin.config import load_config
+from rba_plugin.data.image_io import read_rgb_image
+from rba_plugin.engine.predictor import AnomalyPredictor
 from rba_plugin.modeling.ood import available_scores
 from rba_plugin.utils.prediction_files import SCORE_FORMATS, write_prediction_files
 from tqdm import tqdm
@@ -41,7 +42,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", required=True, nargs="+", help="image files and / or folders of images")
     parser.add_argument("--output", required=True, help="folder for the result files (created)")
-    parser.add_argument("--score", default=None, help=f"anomaly score to show; one of {', '.join(available_scores())}")
+    parser.add_argument("--score", default=None, help=f"anomaly score to show (one the model can produce): {', '.join(available_scores())}")
     parser.add_argument("--score-format", nargs="+", default=list(SCORE_FORMATS), choices=SCORE_FORMATS)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
@@ -69,19 +70,11 @@ def output_stems(images: Sequence[Path]) -> List[str]:
     return [f"{p.stem}_{p.suffix.lstrip('.')}" if stems.count(p.stem) > 1 else p.stem for p in images]
 
 
-def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
-
-
 def main(argv: Sequence[str] = None) -> int:
     args = parse_args(argv)
     setup_logger(name="rba_plugin")
     logger = logging.getLogger("rba_plugin.demo")
-    cfg = setup_cfg(args)
+    cfg = load_config(args.config_file, args.opts)
     images = list_images(args.input)  # bad paths fail before the model is built
     predictor = AnomalyPredictor(cfg, score_name=args.score)
     os.makedirs(args.output, exist_ok=True)

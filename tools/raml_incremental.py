@@ -4,7 +4,7 @@
 For each setting: a closed-set model with the novel classes void in training, its MCA
 fine-tuning, the RAML metric head on the MCA model (three tools/train_net.py-style runs), then
 novel-class prototypes from L shots and the incremental evaluation (mIoU old / novel / harmonic
-mean) with rba_plugin.modeling.pixel.incremental.run_incremental_setting.
+mean) with rba_plugin.experiments.incremental.run_incremental_setting.
 
     python tools/raml_incremental.py --output output/raml_incremental
     python tools/raml_incremental.py --settings 16+1 --base-iters 300 --mca-iters 200 --head-iters 100 --shots 5
@@ -17,8 +17,6 @@ Results: <output>/incremental.json and incremental.md (written through temporary
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -33,10 +31,12 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 
 import rba_plugin  # noqa: E402,F401  (registers models and datasets)
-from rba_plugin.engine.runs import isolated_logging, setup_run, train_run  # noqa: E402
-from rba_plugin.modeling.pixel.incremental import NOVEL_SETTINGS, run_incremental_setting  # noqa: E402
+from rba_plugin.experiments.incremental import NOVEL_SETTINGS, run_incremental_setting  # noqa: E402
+from rba_plugin.experiments.runs import isolated_logging, setup_run, train_run  # noqa: E402
+from rba_plugin.utils.atomic_write import write_text_atomically  # noqa: E402
+from rba_plugin.utils.tables import markdown_table, write_json  # noqa: E402
 
-CONFIG_DIR = REPO_ROOT / "configs" / "pixel" / "synth"
+CONFIG_DIR = REPO_ROOT / "configs" / "synthcity" / "pixel"
 # (stage name, config file, parent stage): the 16+3 files, their held-out classes set per setting.
 STAGES = (
     ("closed_set", "closed_set_16+3.yaml", None),
@@ -105,25 +105,14 @@ def run_setting(setting: str, args: argparse.Namespace, log=print) -> Dict[str, 
             "metrics": metrics}
 
 
-def _json_value(value):
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def write_results(records: Sequence[dict], out_dir: str) -> None:
+    """incremental.md and incremental.json (NaN as null) in ``out_dir``, each written atomically."""
     os.makedirs(out_dir, exist_ok=True)
-    lines = ["# RAML incremental few-shot", "", "| setting | novel classes | shots | mIoU old | mIoU novel | harmonic |",
-             "|---|---|---|---|---|---|"]
-    for r in records:
-        m = r["metrics"]
-        lines.append(f"| {r['setting']} | {r['novel_classes']} | {r['shots']} | {m['mIoU_old']:.2f} | "
-                     f"{m['mIoU_novel']:.2f} | {m['mIoU_harmonic']:.2f} |")
-    payload = [{**r, "metrics": {k: _json_value(v) for k, v in r["metrics"].items()}} for r in records]
-    for name, text in (("incremental.md", "\n".join(lines) + "\n"),
-                       ("incremental.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")):
-        path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+    rows = [[r["setting"], str(r["novel_classes"]), r["shots"], r["metrics"]["mIoU_old"], r["metrics"]["mIoU_novel"],
+             r["metrics"]["mIoU_harmonic"]] for r in records]
+    table = markdown_table(["setting", "novel classes", "shots", "mIoU old", "mIoU novel", "harmonic"], rows)
+    write_text_atomically(os.path.join(out_dir, "incremental.md"), "# RAML incremental few-shot\n\n" + table + "\n")
+    write_json(os.path.join(out_dir, "incremental.json"), list(records))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

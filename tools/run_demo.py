@@ -17,7 +17,6 @@ its last checkpoint); --force starts over.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -35,16 +34,20 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
-from rba_plugin.config import get_cfg
+from rba_plugin.config import load_config
 from rba_plugin.data import ensure_synthcity, load_anomaly_label
-from rba_plugin.engine import MaskFormerTrainer, evaluate_with_progress
-from rba_plugin.engine.checkpoint import SafeCheckpointer
+from rba_plugin.data.image_io import read_rgb_image
+from rba_plugin.engine import evaluate_with_progress
 from rba_plugin.evaluation import OODEvaluator
+from rba_plugin.experiments.runs import load_run_model, train_run
+from rba_plugin.utils.prediction_files import save_png
+from rba_plugin.utils.tables import markdown_table, write_json
+from rba_plugin.utils.atomic_write import write_text_atomically
 from rba_plugin.utils.visualization import anomaly_heatmap, overlay_heatmap, side_by_side
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLOSED_SET_CONFIG = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl.yaml"
-FINETUNE_CONFIG = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetune.yaml"
+CLOSED_SET_CONFIG = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl.yaml"
+FINETUNE_CONFIG = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_rba_finetune.yaml"
 SCORES = ["msp", "maxlogit", "energy", "rba"]
 METRICS = ["AP", "FPR95", "AUROC", "sIoU", "PPV", "mean_F1"]
 # Iterations of closed-set training and of fine-tuning.
@@ -54,36 +57,29 @@ logger = logging.getLogger("rba_plugin.demo")
 
 
 def build_cfg(config_file: Path, output_dir: Path, max_iter: int, opts: List[str]):
-    cfg = get_cfg()
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list(opts)
-    cfg.OUTPUT_DIR = str(output_dir)
-    cfg.SOLVER.MAX_ITER = max_iter
-    cfg.SOLVER.CHECKPOINT_PERIOD = max(1, max_iter // 3)
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.DATASETS.TEST = ()  # the demo evaluates both models itself (the trainer would after its last step)
-    cfg.MODEL.MASK_FORMER.OOD_SCORES = list(SCORES)
-    cfg.freeze()
-    return cfg
+    """The stage's config: the file, the user's ``opts``, then the demo's own settings (its output
+    folder and schedule, no evaluation inside training, the compared scores)."""
+    return load_config(str(config_file), list(opts) + [
+        "OUTPUT_DIR", str(output_dir),
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.CHECKPOINT_PERIOD", str(max(1, max_iter // 3)),
+        "TEST.EVAL_PERIOD", "0",
+        "DATASETS.TEST", "()",  # the demo evaluates both models itself (the trainer would after its last step)
+        "MODEL.OOD.SCORES", repr(SCORES),
+    ])
 
 
 def train(cfg) -> Path:
     """Train to cfg.SOLVER.MAX_ITER, resuming from the output directory's last checkpoint."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as detectron2's default_setup does
-    trainer = MaskFormerTrainer(cfg)
-    trainer.resume_or_load(resume=True)
-    if trainer.start_iter >= cfg.SOLVER.MAX_ITER:
-        logger.info("%s: already trained (%d iterations)", cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER)
-    else:
-        trainer.train()
+    train_run(cfg, resume=True)
     return Path(cfg.OUTPUT_DIR) / "model_final.pth"
 
 
-def evaluate(cfg, weights: Path, stage: str, output_dir: Path) -> Dict[str, Dict[str, float]]:
-    """Anomaly metrics per score on synthcity_anomaly and mIoU on synthcity_val."""
-    model = MaskFormerTrainer.build_model(cfg).eval()
-    SafeCheckpointer(cfg, model, allow_new_modules=False).load(str(weights))
+def evaluate(cfg, weights: Path, stage: str, output_dir: Path):
+    """(Anomaly metrics per score on synthcity_anomaly with mIoU on synthcity_val, the model)."""
+    model = load_run_model(cfg, str(weights))
     ood_dir = output_dir / stage
     ood = evaluate_with_progress(
         model,
@@ -98,9 +94,8 @@ def evaluate(cfg, weights: Path, stage: str, output_dir: Path) -> Dict[str, Dict
         description=f"{stage}: synthcity_val",
     )["sem_seg"]
     table = {}
-    primary = cfg.MODEL.MASK_FORMER.OOD_SCORES[0]  # reported under the plain metric names
-    for score in SCORES:
-        row = {metric: float(ood[metric if score == primary else f"{score}/{metric}"]) for metric in METRICS}
+    for score in SCORES:  # the first score is reported under the plain metric names
+        row = {metric: float(ood[metric if score == SCORES[0] else f"{score}/{metric}"]) for metric in METRICS}
         row["mIoU"] = float(closed["mIoU"])
         table[score] = row
     return table, model
@@ -111,10 +106,8 @@ def write_overlays(models: Dict[str, torch.nn.Module], output_dir: Path, count: 
     records = DatasetCatalog.get("synthcity_anomaly")[:count]
     overlay_dir = output_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
-    from detectron2.data.detection_utils import read_image
-
     for record in records:
-        image = read_image(record["file_name"], format="RGB")
+        image = read_rgb_image(record["file_name"])
         label = load_anomaly_label(record)
         truth = np.zeros_like(image)
         truth[label == 1] = (255, 60, 60)
@@ -130,23 +123,13 @@ def write_overlays(models: Dict[str, torch.nn.Module], output_dir: Path, count: 
         high = max(float(m.max()) for m in maps.values())
         for stage in models:
             panels.append(overlay_heatmap(image, anomaly_heatmap(maps[stage], low, high)))
-        name = Path(record["file_name"]).stem
-        picture = side_by_side(panels)
-        import cv2
-
-        tmp = overlay_dir / f".{name}.tmp.png"
-        cv2.imwrite(str(tmp), picture[:, :, ::-1])
-        os.replace(tmp, overlay_dir / f"{name}.png")
+        save_png(str(overlay_dir / f"{Path(record['file_name']).stem}.png"), side_by_side(panels))
 
 
 def format_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
-    header = "| model | score | " + " | ".join(METRICS + ["mIoU"]) + " |"
-    lines = [header, "|" + "---|" * (len(METRICS) + 3)]
-    for stage, table in results.items():
-        for score, row in table.items():
-            values = " | ".join(f"{row[m]:.2f}" for m in METRICS + ["mIoU"])
-            lines.append(f"| {stage} | {score} | {values} |")
-    return "\n".join(lines)
+    rows = [[stage, score] + [row[m] for m in METRICS + ["mIoU"]]
+            for stage, table in results.items() for score, row in table.items()]
+    return markdown_table(["model", "score"] + METRICS + ["mIoU"], rows)
 
 
 def _positive_int(text: str) -> int:
@@ -199,10 +182,8 @@ def main(argv=None) -> int:
     write_overlays(models, output_dir)
 
     table = format_table(results)
-    (output_dir / "results.md").write_text(table + "\n")
-    with open(output_dir / "results.json.tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(output_dir / "results.json.tmp", output_dir / "results.json")
+    write_text_atomically(str(output_dir / "results.md"), table + "\n")
+    write_json(str(output_dir / "results.json"), results)
     print("\n" + table + "\n")
     print(f"AP, FPR95, AUROC, sIoU, PPV, mean F1 on synthcity_anomaly; mIoU on synthcity_val (percent).")
     print(f"Results, overlays and PR/ROC curves: {output_dir}  ({(time.time() - start) / 60:.1f} min)")

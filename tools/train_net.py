@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train or evaluate an rba_plugin model with Detectron2.
 
-    python tools/train_net.py --config-file configs/synthetic/maskformer2_swin_micro_1dl.yaml
+    python tools/train_net.py --config-file configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
     python tools/train_net.py --config-file CFG --resume          # continue from OUTPUT_DIR's last checkpoint
     python tools/train_net.py --config-file CFG --num-gpus 2      # one process per GPU (gloo on CPU)
@@ -16,36 +16,29 @@ The trainer (optimizer, LR schedule, mappers, evaluators) lives in rba_plugin.en
 from __future__ import annotations
 
 import rba_plugin  # noqa: F401  (registers models, mappers and datasets)
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-from rba_plugin.config import get_cfg
-from rba_plugin.engine import MaskFormerTrainer, SafeCheckpointer
+from rba_plugin.engine import SafeCheckpointer, Trainer
+from rba_plugin.engine import setup as setup_config
 
 
 def setup(args):
     """Config from --config-file and the trailing KEY VALUE overrides; logging and seeding."""
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rba_plugin")
-    return cfg
+    return setup_config(args.config_file, args.opts, args)
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = MaskFormerTrainer.build_model(cfg)
+        model = Trainer.build_model(cfg)
         # Evaluation refuses a checkpoint lacking any module of the model (MODEL.ALLOW_PARTIAL_LOAD overrides).
         SafeCheckpointer(cfg, model, allow_new_modules=False).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = MaskFormerTrainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
-    trainer = MaskFormerTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -1,17 +1,18 @@
+"""Training and inference machinery shared by every model: the trainer, the optimizer builder,
+safe checkpoints, the finite-loss check, evaluation with a progress bar and the predictor."""
+from .defaults import setup
 from .checkpoint import CheckpointMismatchError, CheckpointReadError, SafeCheckpointer, newly_initialized_prefixes
 from .evaluation import evaluate_with_progress
-from .finetune import apply_finetune_freezing, finetune_trainable_prefixes
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, NonFiniteLossError, check_finite_losses
-from .optimizer import build_maskformer_optimizer, maskformer_param_groups
-from .trainer import MaskFormerTrainer, build_evaluator, unsupported_training_options
+from .optimizer import build_optimizer, optimizer_param_groups
+from .trainer import Trainer, build_evaluator, unsupported_training_options
 
 __all__ = [
+    "setup",
     "evaluate_with_progress",
-    "apply_finetune_freezing",
-    "finetune_trainable_prefixes",
-    "build_maskformer_optimizer",
-    "maskformer_param_groups",
-    "MaskFormerTrainer",
+    "build_optimizer",
+    "optimizer_param_groups",
+    "Trainer",
     "build_evaluator",
     "unsupported_training_options",
     "SafeCheckpointer",

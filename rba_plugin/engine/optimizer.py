@@ -1,71 +1,79 @@
-"""Mask2Former's optimizer: per-parameter LR / weight decay and full-model gradient clipping."""
+"""One optimizer builder for every model: Detectron2's ``get_default_optimizer_params`` with the
+learning-rate factors the model declares, and optional full-model gradient clipping.
+
+Hyper-parameters per parameter (Mask2Former's recipe, read from ``SOLVER``):
+
+* learning rate ``BASE_LR`` x ``BACKBONE_MULTIPLIER`` under ``backbone.`` x the model's own factor
+  (``model.lr_factors()``: parameter-name prefix -> factor, first match wins; e.g. RPL's 10x on its
+  expand conv, RAML's MCA head);
+* weight decay ``WEIGHT_DECAY``, except ``WEIGHT_DECAY_NORM`` in normalisation layers,
+  ``WEIGHT_DECAY_EMBED`` in ``nn.Embedding`` layers (queries, level embeddings) and 0 for Swin's
+  relative position bias tables and absolute position embedding;
+* frozen parameters (``requires_grad=False``) are left out; groups with equal values are merged.
+"""
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
-from typing import Any, Dict, List, Type
+from typing import Any, Callable, Dict, List, Mapping, Type
 
 import torch
-from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping, reduce_param_groups
 from torch import nn
 
-__all__ = ["maskformer_param_groups", "build_maskformer_optimizer", "with_full_model_gradient_clipping"]
+__all__ = ["optimizer_param_groups", "build_optimizer", "with_full_model_gradient_clipping", "NO_DECAY_PARAM_NAMES"]
 
 logger = logging.getLogger(__name__)
 
-NORM_MODULE_TYPES = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-)
 # Swin's position parameters: no weight decay (Mask2Former matches them by name).
 NO_DECAY_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 
-def maskformer_param_groups(
+def _prefix_factor(factors: Mapping[str, float]) -> Callable[[str], float]:
+    def factor(name: str) -> float:
+        return next((f for p, f in factors.items() if name == p or name.startswith(p + ".")), 1.0)
+
+    return factor
+
+
+def optimizer_param_groups(
     model: nn.Module,
+    *,
     base_lr: float,
     weight_decay: float,
-    backbone_multiplier: float,
     weight_decay_norm: float,
     weight_decay_embed: float,
+    backbone_multiplier: float = 1.0,
+    lr_factors: Mapping[str, float] = {},
 ) -> List[Dict[str, Any]]:
-    """Parameter groups as Mask2Former builds them.
+    """Parameter groups (see the module docstring), in the model's parameter order.
 
-    * LR ``base_lr``, times ``backbone_multiplier`` for parameters of modules under "backbone";
-    * weight decay ``weight_decay``, except ``weight_decay_norm`` for normalisation layers,
-      ``weight_decay_embed`` for ``nn.Embedding`` (queries, decoder level embeddings) and 0 for
-      Swin's relative position bias tables and absolute position embedding;
-    * frozen parameters (``requires_grad=False``) are left out; shared ones counted once.
-    Groups with equal hyper-parameters are merged.
+    Args:
+        lr_factors: parameter-name prefix -> learning-rate factor (first match wins), on top of
+            ``backbone_multiplier`` for parameters under ``backbone``.
     """
-    defaults = {"lr": base_lr, "weight_decay": weight_decay}
-    groups = []
-    seen = set()
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or param in seen:
-                continue
-            seen.add(param)
-            hyper = copy.copy(defaults)
-            if "backbone" in module_name:
-                hyper["lr"] = base_lr * backbone_multiplier
-            if name in NO_DECAY_PARAM_NAMES:
-                hyper["weight_decay"] = 0.0
-            if isinstance(module, NORM_MODULE_TYPES):
-                hyper["weight_decay"] = weight_decay_norm
-            if isinstance(module, nn.Embedding):
-                hyper["weight_decay"] = weight_decay_embed
-            groups.append({"params": [param], **hyper})
-    return reduce_param_groups(groups)
+    backbone = _prefix_factor({"backbone": backbone_multiplier})
+    own = _prefix_factor(lr_factors)
+    groups = get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay=weight_decay,
+        weight_decay_norm=weight_decay_norm,
+        lr_factor_func=lambda name: backbone(name) * own(name),
+        overrides={name: {"weight_decay": 0.0} for name in NO_DECAY_PARAM_NAMES},
+    )
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    if not embeddings:
+        return groups
+    # Detectron2 sets per-type decay for normalisation layers only: embeddings are set here, and
+    # the groups re-formed in the model's parameter order (as one pass over the model forms them).
+    per_param = [{**{k: v for k, v in g.items() if k != "params"}, "params": [p]} for g in groups for p in g["params"]]
+    for item in per_param:
+        if id(item["params"][0]) in embeddings:
+            item["weight_decay"] = weight_decay_embed
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    per_param.sort(key=lambda item: order[id(item["params"][0])])
+    return reduce_param_groups(per_param)
 
 
 def with_full_model_gradient_clipping(optimizer_cls: Type[torch.optim.Optimizer], max_norm: float):
@@ -82,28 +90,39 @@ def with_full_model_gradient_clipping(optimizer_cls: Type[torch.optim.Optimizer]
     return FullModelGradientClippingOptimizer
 
 
-def build_maskformer_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """SOLVER.OPTIMIZER ("ADAMW" or "SGD") over :func:`maskformer_param_groups`, with
-    full-model clipping when SOLVER.CLIP_GRADIENTS.CLIP_TYPE is "full_model" (detectron2's
-    per-parameter clipping otherwise)."""
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """``SOLVER.OPTIMIZER`` ("SGD", "ADAM" or "ADAMW") over :func:`optimizer_param_groups`, with
+    full-model clipping when SOLVER.CLIP_GRADIENTS.CLIP_TYPE is "full_model" (Detectron2's
+    per-parameter clipping otherwise).
+
+    Raises:
+        ValueError: an unknown optimizer, or a model without a trainable parameter.
+    """
     solver = cfg.SOLVER
-    groups = maskformer_param_groups(
+    model = getattr(model, "module", model)  # DDP-wrapped
+    lr_factors = model.lr_factors() if callable(getattr(model, "lr_factors", None)) else {}
+    groups = optimizer_param_groups(
         model,
         base_lr=solver.BASE_LR,
         weight_decay=solver.WEIGHT_DECAY,
-        backbone_multiplier=solver.BACKBONE_MULTIPLIER,
         weight_decay_norm=solver.WEIGHT_DECAY_NORM,
         weight_decay_embed=solver.WEIGHT_DECAY_EMBED,
+        backbone_multiplier=solver.BACKBONE_MULTIPLIER,
+        lr_factors=lr_factors,
     )
-    clip = solver.CLIP_GRADIENTS
-    full_model_clip = clip.ENABLED and clip.CLIP_TYPE == "full_model" and clip.CLIP_VALUE > 0.0
+    if not groups:
+        raise ValueError(f"{type(model).__name__}: the model has no trainable parameter (everything is frozen)")
     name = solver.OPTIMIZER.upper()
     if name == "SGD":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": solver.MOMENTUM, "nesterov": solver.NESTEROV}
+    elif name == "ADAM":  # RPL's official optimizer
+        optimizer_cls, kwargs = torch.optim.Adam, {}
     elif name == "ADAMW":
         optimizer_cls, kwargs = torch.optim.AdamW, {}
     else:
-        raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer '{solver.OPTIMIZER}' (ADAMW or SGD)")
+        raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer '{solver.OPTIMIZER}' (SGD, ADAM or ADAMW)")
+    clip = solver.CLIP_GRADIENTS
+    full_model_clip = clip.ENABLED and clip.CLIP_TYPE == "full_model" and clip.CLIP_VALUE > 0.0
     if full_model_clip:
         optimizer_cls = with_full_model_gradient_clipping(optimizer_cls, clip.CLIP_VALUE)
     optimizer = optimizer_cls(groups, lr=solver.BASE_LR, **kwargs)

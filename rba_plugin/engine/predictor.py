@@ -2,57 +2,19 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from PIL import Image, ImageOps
 
+from ..config import set_anomaly_scores
 from ..data.anomaly_datasets import CITYSCAPES_STUFF_COLORS
-from ..modeling.ood.scores import compute_ood_score, get_score_function
 from .checkpoint import SafeCheckpointer
 
-__all__ = ["AnomalyPredictor", "read_rgb_image", "select_ood_score", "palette_of"]
-
-
-def read_rgb_image(path: str) -> np.ndarray:
-    """H x W x 3 uint8 RGB of any image PIL reads: grayscale (8 or 16 bit), palette, RGBA and LA
-    images are converted (alpha dropped), EXIF orientation applied. Errors name the file."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bit
-                array = np.asarray(image, dtype=np.float64)
-                top = 65535.0 if image.mode.startswith("I;16") or array.max() <= 65535 else array.max()
-                array = np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
-                return np.repeat(array[:, :, None], 3, axis=2)
-            if image.mode == "F":
-                raise ValueError("floating-point images are not supported")
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
-
-
-def select_ood_score(output: Dict, score_name: Optional[str]) -> Tuple[torch.Tensor, str]:
-    """(H x W anomaly score, its name) from a model output.
-
-    ``score_name`` None: the model's own ``"ood_score"``, else RbA computed from ``"sem_seg"``.
-    A name: ``output["ood_scores"][name]`` when the model computed it, else the registered score
-    of that name applied to ``"sem_seg"``.
-    """
-    if score_name is None:
-        if "ood_score" in output:
-            return output["ood_score"], "ood_score"
-        score_name = "rba"
-    named = output.get("ood_scores", {})
-    if score_name in named:
-        return named[score_name], score_name
-    if "sem_seg" not in output:
-        raise KeyError(f"model output has no 'sem_seg' to compute the score '{score_name}' from")
-    return compute_ood_score(score_name, output["sem_seg"]), score_name
+__all__ = ["AnomalyPredictor", "palette_of"]
 
 
 def palette_of(cfg, num_classes: int):
@@ -74,18 +36,21 @@ class AnomalyPredictor:
 
     Args:
         cfg: a config with MODEL.WEIGHTS set.
-        score_name: the anomaly score to report (see :func:`select_ood_score`); checked here, so a
-            wrong name fails before any image is processed.
+        score_name: a registered anomaly score the model can produce (any score of
+            ``rba_plugin.modeling.ood.available_scores()`` whose inputs the model outputs), reported
+            instead of the model's configured one; a wrong name fails when the model is built,
+            before any image is processed, listing the scores the model supports.
+
+    Raises:
+        ValueError: empty MODEL.WEIGHTS, an unknown or unsupported score, a bad INPUT.FORMAT.
     """
 
     def __init__(self, cfg, score_name: Optional[str] = None):
-        if score_name is not None:
-            get_score_function(score_name)  # ValueError listing the known scores
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("MODEL.WEIGHTS is empty: the demo needs a trained model's checkpoint")
-        self.cfg = cfg.clone()
-        self.score_name = score_name
+        self.cfg = set_anomaly_scores(cfg, [score_name]) if score_name is not None else cfg.clone()
         self.model = build_model(self.cfg).eval()
+        self.score_name = self.model.scorer.names[0]
         SafeCheckpointer(self.cfg, self.model, allow_new_modules=False).load(cfg.MODEL.WEIGHTS)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
@@ -96,7 +61,7 @@ class AnomalyPredictor:
     @torch.no_grad()
     def __call__(self, image_rgb: np.ndarray, file_name: str = "") -> Dict:
         """Model output for one H x W x 3 uint8 RGB image, plus ``"anomaly"`` (H x W float32
-        numpy) and ``"anomaly_name"``."""
+        numpy: the score ``"anomaly_name"``, higher = more anomalous)."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
             raise ValueError(f"{file_name or 'image'}: expected H x W x 3 uint8 RGB, got {image_rgb.dtype} {image_rgb.shape}")
         height, width = image_rgb.shape[:2]
@@ -107,7 +72,6 @@ class AnomalyPredictor:
         if file_name:
             inputs["file_name"] = os.fspath(file_name)
         output = self.model([inputs])[0]
-        score, name = select_ood_score(output, self.score_name)
-        output["anomaly"] = score.detach().float().cpu().numpy()
-        output["anomaly_name"] = name
+        output["anomaly"] = output["ood_score"].detach().float().cpu().numpy()
+        output["anomaly_name"] = self.score_name
         return output

@@ -1,4 +1,7 @@
-"""Detectron2 trainer for the plugin's models (Mask2Former's ``train_net.Trainer``, packaged)."""
+"""Detectron2's trainer for every model of the plugin (Mask2Former's ``train_net.Trainer``,
+packaged): the optimizer, LR schedule, training mapper and evaluators come from the config, and
+whatever depends on the model (what trains, learning-rate factors, extra training inputs) is
+asked of the model itself."""
 from __future__ import annotations
 
 import logging
@@ -17,12 +20,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_mappers import build_train_mapper
 from .checkpoint import SafeCheckpointer
-from .finetune import apply_finetune_freezing
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
-from .optimizer import build_maskformer_optimizer
-from .pixel_optimizer import build_pixel_optimizer, is_pixel_model_config
+from .optimizer import build_optimizer
 
-__all__ = ["MaskFormerTrainer", "build_evaluator", "unsupported_training_options"]
+__all__ = ["Trainer", "build_evaluator", "unsupported_training_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,10 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     )
 
 
-# Keys that change training in RbA / Mask2Former but that nothing here acts on (RbA's ablations and
-# test-time augmentation): training with them set must not silently ignore them.
+# Keys that change training but that nothing here acts on (Detectron2's test-time augmentation):
+# training with them set must not silently ignore them. Model-specific keys of the same kind are
+# refused by the model that does not act on them.
 _NOT_YET_ACTED_ON = {
-    "MODEL.MASK_FORMER.USE_POINT_REND": False,
-    "SOLVER.FORCE_REGION_PARTITION": False,
     "TEST.AUG.ENABLED": False,
 }
 
@@ -70,8 +70,8 @@ def unsupported_training_options(cfg) -> list:
     return found
 
 
-class MaskFormerTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with Mask2Former's optimizer, poly LR, training mappers and evaluators.
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with the plugin's optimizer, poly LR, training mappers and evaluators.
 
     Runs on the device of ``cfg.MODEL.DEVICE``; on CPU, DDP gets no device ids (gloo) and AMP,
     which detectron2 only supports on CUDA, is turned off with a warning. Checkpoints go through
@@ -90,7 +90,8 @@ class MaskFormerTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        # A model may need extra training inputs (e.g. RPL's raw outlier images for CoroCL).
+        data_loader = self.build_train_loader(cfg, extra_inputs=getattr(model, "extra_training_inputs", ()))
         on_cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
         model = create_ddp_model(
             model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
@@ -107,17 +108,12 @@ class MaskFormerTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
-    def build_model(cls, cfg):
-        # Outlier fine-tuning (MODEL.FREEZE_*) freezes before the optimizer collects parameters.
-        return apply_finetune_freezing(cfg, super().build_model(cfg))
-
-    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+    def build_train_loader(cls, cfg, extra_inputs=()):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg, extra_inputs=extra_inputs))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -126,6 +122,4 @@ class MaskFormerTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        if is_pixel_model_config(cfg):  # per-pixel branch: the method's own parameter groups
-            return build_pixel_optimizer(cfg, model)
-        return build_maskformer_optimizer(cfg, model)
+        return build_optimizer(cfg, model)

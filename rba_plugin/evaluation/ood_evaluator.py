@@ -21,12 +21,14 @@ from ..utils.atomic_write import atomic_open
 from .anomaly_metrics import AnomalyMetrics, to_numpy
 from .components import TRACK_SIZE_FILTERS, ComponentStats
 from .curves import write_curves
-from ..modeling.pixel.metrics import UnknownIoU
 from .pixel_histogram import PixelHistogram
+from .sem_seg_metrics import UnknownIoU, confusion_matrix, per_class_iou, mean_iou
 
 __all__ = ["OODEvaluator", "PRIMARY_SCORE"]
 
+# The model output convention (DESIGN.md): the first configured score and every score by name.
 PRIMARY_SCORE = "ood_score"
+NAMED_SCORES = "ood_scores"
 # Optional H x W bool output of open-set models (VCA): the pixels predicted as "unknown".
 UNKNOWN_MASK = "unknown_mask"
 # Reported in percent, like Detectron2's mIoU and the benchmark tables.
@@ -57,7 +59,6 @@ class OODEvaluator(DatasetEvaluator):
         output_dir: Optional[str] = None,
         distributed: bool = True,
         *,
-        score_keys: Sequence[str] = (),
         with_components: bool = True,
         component_threshold: Optional[float] = None,
         component_sizes: Optional[Tuple[int, int]] = None,
@@ -67,7 +68,6 @@ class OODEvaluator(DatasetEvaluator):
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.distributed = distributed
-        self.score_keys = tuple(score_keys)
         self.with_components = with_components
         self.component_threshold = component_threshold
         meta = MetadataCatalog.get(dataset_name)
@@ -89,7 +89,6 @@ class OODEvaluator(DatasetEvaluator):
             "dataset_name": dataset_name,
             "output_dir": output_dir if output_dir is not None else cfg.OUTPUT_DIR,
             "distributed": distributed,
-            "score_keys": list(ood.SCORE_KEYS),
             "with_components": ood.WITH_COMPONENTS,
             "component_threshold": ood.COMPONENT_THRESHOLD,
             "component_sizes": tuple(ood.COMPONENT_SIZES) if len(ood.COMPONENT_SIZES) else None,
@@ -118,26 +117,16 @@ class OODEvaluator(DatasetEvaluator):
         )
 
     def _scores_of(self, output: dict) -> Dict[str, torch.Tensor]:
+        """"ood_score" and every other entry of "ood_scores" (the primary one is not repeated)."""
         scores = OrderedDict()
-        if self.score_keys:
-            named = output.get("ood_scores", {})
-            for key in self.score_keys:
-                if key == PRIMARY_SCORE:
-                    scores[key] = output[PRIMARY_SCORE]
-                elif key in named:
-                    scores[key] = named[key]
-                else:
-                    raise KeyError(f"score '{key}' is neither 'ood_score' nor in outputs['ood_scores'] "
-                                   f"(has {sorted(named)})")
-            return scores
         if PRIMARY_SCORE in output:
             scores[PRIMARY_SCORE] = output[PRIMARY_SCORE]
-        for name, score in output.get("ood_scores", {}).items():
+        for name, score in output.get(NAMED_SCORES, {}).items():
             if name == PRIMARY_SCORE or any(score is other for other in scores.values()):
                 continue  # the primary score repeated under its own name
             scores[name] = score
         if not scores:
-            raise KeyError("model output has neither 'ood_score' nor 'ood_scores'")
+            raise KeyError(f"model output has neither '{PRIMARY_SCORE}' nor '{NAMED_SCORES}'")
         return scores
 
     @staticmethod
@@ -197,13 +186,8 @@ class OODEvaluator(DatasetEvaluator):
         return total.compute()
 
     def _update_confusion(self, sem_seg, gt: np.ndarray) -> None:
-        num_classes = len(self.stuff_classes)
         pred = to_numpy(sem_seg.argmax(dim=0) if hasattr(sem_seg, "argmax") else np.argmax(sem_seg, 0))
-        if pred.shape != gt.shape:
-            raise ValueError(f"sem_seg prediction {pred.shape} and label {gt.shape} differ in size")
-        valid = (gt != self.ignore_label) & (gt < num_classes)
-        index = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
-        self._confusion += np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+        self._confusion += confusion_matrix(pred, gt, len(self.stuff_classes), self.ignore_label)
         self._has_sem_seg = True
 
     # ------------------------------------------------------------------------- evaluate
@@ -273,15 +257,11 @@ class OODEvaluator(DatasetEvaluator):
         return OrderedDict({self.dataset_name: results})
 
     def _miou(self, confusion: np.ndarray) -> Dict[str, float]:
-        tp = np.diag(confusion).astype(np.float64)
-        gt = confusion.sum(axis=1)
-        pred = confusion.sum(axis=0)
-        union = gt + pred - tp
-        present = gt > 0  # like SemSegEvaluator: classes without ground truth are left out
-        iou = np.full(len(tp), np.nan)
-        iou[union > 0] = tp[union > 0] / union[union > 0]
-        out = {"mIoU": 100.0 * float(np.mean(iou[present])) if present.any() else float("nan")}
-        for name, value, has in zip(self.stuff_classes, iou, present):
+        """mIoU as Detectron2's SemSegEvaluator computes it (:func:`mean_iou`) and the IoU of each
+        class that occurs in the ground truth."""
+        iou = per_class_iou(confusion)
+        out = {"mIoU": mean_iou(confusion)}
+        for name, value, has in zip(self.stuff_classes, iou, confusion.sum(axis=1) > 0):
             if has:
                 out[f"IoU-{name}"] = 100.0 * float(value)
         return out

@@ -7,13 +7,15 @@
   random candidates, the ``importance_sample_ratio`` share most uncertain, i.e. logits closest
   to 0, plus uniformly random ones), averaged over the number of target masks in the batch.
 
-Targets are dicts with "labels" (T), "masks" (T x H x W) and, for losses added later (RbA's
-outlier loss), the per-pixel "sem_seg" (H x W, 254 = pasted outlier, 255 = ignore). A loss named
-``x`` is the method ``loss_x``; subclasses add losses by defining such methods.
+Targets are dicts with "labels" (T), "masks" (T x H x W) and, for the loss terms, the per-pixel
+"sem_seg" (H x W, 254 = pasted outlier, 255 = ignore). A loss named ``x`` is the method
+``loss_x``. Further objectives (RbA's outlier loss and the other outlier losses) are loss terms
+(:mod:`rba_plugin.modeling.loss_terms`) read from the config by :func:`build_set_criterion`; they
+read the semantic scores L of each supervised prediction, computed once per prediction.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -22,7 +24,36 @@ from detectron2.projects.point_rend.point_features import get_uncertain_point_co
 from detectron2.utils.comm import get_world_size
 from torch import nn
 
-__all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss", "calculate_uncertainty"]
+from .loss_terms import LossTerm, PixelTargets, aliased_term_names, build_loss_terms, check_term_inputs
+from .matcher import HungarianMatcher
+from .ood.losses import inlier_energy, resize_to_labels
+
+__all__ = [
+    "SetCriterion",
+    "build_set_criterion",
+    "batched_semantic_scores",
+    "dice_loss",
+    "sigmoid_ce_loss",
+    "calculate_uncertainty",
+    "TERM_INPUTS",
+]
+
+# Named inputs the criterion computes for loss terms from each supervised prediction.
+TERM_INPUTS = {
+    "class_scores": "B x C x h x w semantic scores L at mask resolution",
+    "class_scores_and_no_object": "B x (C+1) x H x W: L with the no-object column, at the labels' size",
+    "energy": "B x H x W: -logsumexp of the C inlier columns of class_scores_and_no_object",
+    "outlier_logits": "B x 2 x h x w DenseHybrid outlier-head logits (final prediction, with the head)",
+}
+
+
+def batched_semantic_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor, keep_no_object: bool = False):
+    """B x Q x (C+1), B x Q x h x w -> B x C x h x w semantic scores L = sum_q softmax(class_q)[:C]
+    sigmoid(mask_q) (B x (C+1) x h x w when ``keep_no_object``, PEBAL's abstention column)."""
+    probs = F.softmax(pred_logits.float(), dim=-1)
+    if not keep_no_object:
+        probs = probs[..., :-1]
+    return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.float().sigmoid())
 
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -60,6 +91,9 @@ class SetCriterion(nn.Module):
         num_points: int,
         oversample_ratio: float,
         importance_sample_ratio: float,
+        terms: Sequence[LossTerm] = (),
+        ood_label: int = 254,
+        ignore_label: int = 255,
     ):
         super().__init__()
         for name in losses:
@@ -77,6 +111,9 @@ class SetCriterion(nn.Module):
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
+        self.terms = nn.ModuleList(terms)
+        self.ood_label = ood_label
+        self.ignore_label = ignore_label
 
     def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
         """Weighted CE over all B x Q queries (mean weighted by class weight, as F.cross_entropy)."""
@@ -126,14 +163,57 @@ class SetCriterion(nn.Module):
     def get_loss(self, name: str, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
         return getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks)
 
+    def term_inputs(self, outputs: Dict[str, object], labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The named inputs of the loss terms for one prediction (see :data:`TERM_INPUTS`),
+        computed once and only when a term reads them."""
+        needed = {name for term in self.terms for name in term.inputs}
+        inputs: Dict[str, torch.Tensor] = {}
+        if "class_scores" in needed:
+            inputs["class_scores"] = batched_semantic_scores(outputs["pred_logits"], outputs["pred_masks"])
+        if needed & {"class_scores_and_no_object", "energy"}:
+            full = batched_semantic_scores(outputs["pred_logits"], outputs["pred_masks"], keep_no_object=True)
+            inputs["class_scores_and_no_object"] = resize_to_labels(full, labels)
+            inputs["energy"] = inlier_energy(inputs["class_scores_and_no_object"], self.num_classes)
+        if "outlier_logits" in needed and "pred_outlier" in outputs:
+            inputs["outlier_logits"] = outputs["pred_outlier"].float()
+        return inputs
+
+    def term_losses(self, outputs: Dict[str, object], targets: Optional[PixelTargets], auxiliary: bool):
+        """Every loss term on one prediction (auxiliary ones: the deep-supervised terms only)."""
+        terms = [t for t in self.terms if t.deep_supervision or not auxiliary]
+        if not terms:
+            return {}
+        inputs = self.term_inputs(outputs, targets.labels)
+        losses = {}
+        for term in terms:
+            missing = [name for name in term.inputs if name not in inputs]
+            if missing:
+                raise ValueError(f"loss term {type(term).__name__}: the prediction has no {', '.join(missing)}")
+            losses.update(term(inputs, targets))
+        return losses
+
+    def pixel_targets(self, targets: List[Dict[str, torch.Tensor]]) -> Optional[PixelTargets]:
+        """The per-pixel labels the loss terms read (None when no term is configured)."""
+        if not len(self.terms):
+            return None
+        if any("sem_seg" not in t for t in targets):
+            raise ValueError(
+                "outlier losses need per-pixel labels: training inputs must carry 'sem_seg' "
+                "(use INPUT.DATASET_MAPPER_NAME 'mask_former_semantic_coco_mix')"
+            )
+        labels = torch.stack([t["sem_seg"] for t in targets]).long()
+        return PixelTargets(labels, ood_label=self.ood_label, ignore_label=self.ignore_label)
+
     def forward(self, outputs: Dict[str, object], targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         """
         Args:
-            outputs: "pred_logits" B x Q x (C+1), "pred_masks" B x Q x h x w, optional "aux_outputs".
-            targets: per image {"labels": T, "masks": T x H x W, ...}.
+            outputs: "pred_logits" B x Q x (C+1), "pred_masks" B x Q x h x w, optional "aux_outputs"
+                and "pred_outlier".
+            targets: per image {"labels": T, "masks": T x H x W, "sem_seg": H x W (with terms)}.
 
         Returns:
-            unweighted losses: loss_ce, loss_mask, loss_dice and their ``_i`` auxiliary copies.
+            unweighted losses: loss_ce, loss_mask, loss_dice, the terms' losses, and their ``_i``
+            auxiliary copies.
         """
         main_outputs = {k: v for k, v in outputs.items() if k != "aux_outputs"}
         indices = self.matcher(main_outputs, targets)
@@ -143,12 +223,64 @@ class SetCriterion(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(num_masks)
         num_masks = torch.clamp(num_masks / get_world_size(), min=1).item()
+        pixel_targets = self.pixel_targets(targets)
         losses = {}
         for name in self.losses:
             losses.update(self.get_loss(name, main_outputs, targets, indices, num_masks))
+        losses.update(self.term_losses(main_outputs, pixel_targets, auxiliary=False))
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_indices = self.matcher(aux, targets)
+            terms = {}
             for name in self.losses:
-                terms = self.get_loss(name, aux, targets, aux_indices, num_masks)
-                losses.update({f"{k}_{i}": v for k, v in terms.items()})
+                terms.update(self.get_loss(name, aux, targets, aux_indices, num_masks))
+            terms.update(self.term_losses(aux, pixel_targets, auxiliary=True))
+            losses.update({f"{k}_{i}": v for k, v in terms.items()})
         return losses
+
+
+def build_set_criterion(cfg, num_classes: int, training_outputs: Sequence[str] = ("class_scores",)) -> SetCriterion:
+    """Mask2Former's criterion from the config: its class and mask losses, plus the loss terms
+    that RbA's keys ask for (OUTLIER_SUPERVISION, GAMBLER_LOSS, DENSE_HYBRID_LOSS, ...) and
+    ``MODEL.LOSS_TERMS``. Terms that replace the class and mask losses (RbA's PEBAL and
+    DenseHybrid variants) remove them, as in RbA's code.
+
+    Args:
+        training_outputs: the term inputs the model can provide (``TERM_INPUTS`` keys; the
+            DenseHybrid head adds "outlier_logits").
+
+    Raises:
+        ValueError: an unknown term, a bad key of a term, or a term reading an input the model
+            does not provide.
+    """
+    mf = cfg.MODEL.MASK_FORMER
+    terms = build_loss_terms(cfg, aliased_term_names(cfg) + list(cfg.MODEL.LOSS_TERMS))
+    check_term_inputs(terms, training_outputs, "Mask2Former")
+    replaced = any(t.replaces_mask_losses for t in terms)
+    losses = [] if replaced else ["labels", "masks"]
+    main_weights = {} if replaced else {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
+    aux_weights = dict(main_weights)
+    for term in terms:
+        main_weights.update(term.weights)
+        if term.deep_supervision:
+            aux_weights.update(term.weights)
+    weight_dict = dict(main_weights)
+    if mf.DEEP_SUPERVISION:
+        # One auxiliary prediction per decoder layer: DEC_LAYERS - 1 of them.
+        for i in range(mf.DEC_LAYERS - 1):
+            weight_dict.update({f"{k}_{i}": v for k, v in aux_weights.items()})
+    matcher = HungarianMatcher(
+        cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT, num_points=mf.TRAIN_NUM_POINTS
+    )
+    return SetCriterion(
+        num_classes,
+        matcher=matcher,
+        weight_dict=weight_dict,
+        eos_coef=mf.NO_OBJECT_WEIGHT,
+        losses=losses,
+        num_points=mf.TRAIN_NUM_POINTS,
+        oversample_ratio=mf.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        terms=terms,
+        ood_label=cfg.INPUT.OOD_LABEL,
+        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+    )

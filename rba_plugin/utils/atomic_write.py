@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "write_bytes_atomically"]
+__all__ = ["atomic_open", "write_bytes_atomically", "write_text_atomically"]
 
 
 @contextlib.contextmanager
@@ -43,3 +43,9 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`atomic_open`."""
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_open`."""
+    with atomic_open(path, "w") as f:
+        f.write(text)

@@ -14,12 +14,13 @@ from PIL import Image, PngImagePlugin
 from .atomic_write import atomic_open
 from .visualization import anomaly_heatmap, colorize_sem_seg, overlay_heatmap, side_by_side
 
-__all__ = ["write_prediction_files", "write_score_png16", "read_score_png16", "SCORE_FORMATS"]
+__all__ = ["write_prediction_files", "write_score_png16", "read_score_png16", "save_png", "SCORE_FORMATS"]
 
 SCORE_FORMATS = ("npy", "png16")
 
 
-def _save_png(path: str, array: np.ndarray, pnginfo: Optional[PngImagePlugin.PngInfo] = None) -> None:
+def save_png(path: str, array: np.ndarray, pnginfo: Optional[PngImagePlugin.PngInfo] = None) -> None:
+    """An H x W (x 3) uint8 or uint16 array as a PNG, written atomically."""
     with atomic_open(path, "wb") as f:
         Image.fromarray(array).save(f, format="PNG", pnginfo=pnginfo)
 
@@ -34,7 +35,7 @@ def write_score_png16(path: str, score: np.ndarray) -> Tuple[float, float]:
     info = PngImagePlugin.PngInfo()
     info.add_text("score_min", repr(lo))
     info.add_text("score_max", repr(hi))
-    _save_png(path, quantised, info)
+    save_png(path, quantised, info)
     return lo, hi
 
 
@@ -78,9 +79,9 @@ def write_prediction_files(
         "sem_seg": os.path.join(output_dir, f"{stem}_sem_seg.png"),
         "panel": os.path.join(output_dir, f"{stem}_panel.png"),
     }
-    _save_png(paths["anomaly"], overlay)
-    _save_png(paths["sem_seg"], colours)
-    _save_png(paths["panel"], side_by_side([image_rgb, colours, overlay]))
+    save_png(paths["anomaly"], overlay)
+    save_png(paths["sem_seg"], colours)
+    save_png(paths["panel"], side_by_side([image_rgb, colours, overlay]))
     if "npy" in score_formats:
         paths["score_npy"] = os.path.join(output_dir, f"{stem}_score.npy")
         with atomic_open(paths["score_npy"], "wb") as f:

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 
 import rba_plugin  # noqa: F401
-from rba_plugin.config import get_cfg
-from rba_plugin.engine import MaskFormerTrainer
+from rba_plugin.config import load_config
+from rba_plugin.engine import Trainer
 from rba_plugin.modeling.freeze import trainable_parameter_count
 
 from .common import run_isolated, time_and_peak
 from .model import _random_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FINETUNE = REPO_ROOT / "configs/synthetic/maskformer2_R18_1dl_rba_finetune.yaml"
+FINETUNE = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_rba_finetune.yaml"
 MODES = ("frozen_eval", "train_mode_autograd")
 
 
@@ -48,11 +48,9 @@ def _batch(batch: int, size: int, num_classes: int):
 def measure(mode: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = get_cfg()
-    cfg.merge_from_file(str(FINETUNE))
-    cfg.MODEL.WEIGHTS = ""
-    model = MaskFormerTrainer.build_model(cfg)  # frozen-in-eval (ours)
-    optimizer = MaskFormerTrainer.build_optimizer(cfg, model)
+    cfg = load_config(str(FINETUNE), ["MODEL.WEIGHTS", ""])
+    model = Trainer.build_model(cfg)  # frozen-in-eval (ours)
+    optimizer = Trainer.build_optimizer(cfg, model)
     trainable, total = trainable_parameter_count(model)
     model.train()
     if mode == "train_mode_autograd":

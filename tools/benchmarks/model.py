@@ -1,7 +1,7 @@
 """Mask2Former on the CPU: Swin-B 1dl inference and one training step of the synthetic config.
 
 Line 1: inference time per image of RbA's Swin-B single-decoder-layer model (random weights,
-built from configs/cityscapes/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml) on a
+built from configs/cityscapes/mask2former/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml) on a
 512x1024 image. Line 2: one training iteration (forward, backward, optimizer step) of the small
 synthetic config at batch 2 on random street-like crops of the configured crop size.
 """
@@ -16,14 +16,14 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 import rba_plugin  # noqa: F401
-from rba_plugin.config import get_cfg
-from rba_plugin.engine import build_maskformer_optimizer
+from rba_plugin.config import load_config
+from rba_plugin.engine import build_optimizer
 
 from .common import time_and_peak
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SWIN_B_1DL = REPO_ROOT / "configs/cityscapes/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml"
-SYNTHETIC = REPO_ROOT / "configs/synthetic/maskformer2_swin_micro_1dl.yaml"
+SWIN_B_1DL = REPO_ROOT / "configs/cityscapes/mask2former/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml"
+SYNTHETIC = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +57,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    cfg = get_cfg()
-    cfg.merge_from_file(str(SWIN_B_1DL))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = load_config(str(SWIN_B_1DL), ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     model = build_model(cfg).eval()
     image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)
 
@@ -68,7 +65,8 @@ def run(args: argparse.Namespace) -> None:
         with torch.no_grad():
             model([{"image": image}])
 
-    ms, mib = time_and_peak(infer, repeats=args.repeats)
+    timing = time_and_peak(infer, repeats=args.repeats)
+    ms, mib = timing["ms"], timing["peak_mib"]
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
         f"model inference swin_b_1dl ({params:.1f} M params, random weights) {args.height}x{args.width}: "
@@ -76,12 +74,9 @@ def run(args: argparse.Namespace) -> None:
     )
     del model
 
-    cfg = get_cfg()
-    cfg.merge_from_file(args.train_config)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATASETS.TRAIN = ()
+    cfg = load_config(args.train_config, ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()"])
     model = build_model(cfg).train()
-    optimizer = build_maskformer_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     crop_h, crop_w = cfg.INPUT.CROP.SIZE
     rng = np.random.default_rng(0)
     batch = [_random_scene(rng, crop_h, crop_w, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES) for _ in range(args.batch)]
@@ -92,7 +87,8 @@ def run(args: argparse.Namespace) -> None:
         sum(losses.values()).backward()
         optimizer.step()
 
-    ms, mib = time_and_peak(train_step, repeats=args.repeats * 2)
+    timing = time_and_peak(train_step, repeats=args.repeats * 2)
+    ms, mib = timing["ms"], timing["peak_mib"]
     print(
         f"model train-iter {Path(args.train_config).stem} batch {args.batch} {crop_h}x{crop_w}: "
         f"{ms:9.1f} ms/iter, +{mib:.0f} MiB peak ({args.threads} threads, median of {args.repeats * 2})"

@@ -1,7 +1,7 @@
 """Training mapper of the per-pixel branch (``INPUT.DATASET_MAPPER_NAME: pixel_semantic_outlier``):
-Mask2Former's semantic augmentations, outlier pasting into the final crop, and, for RPL's
-CoroCL, one raw outlier-pool image per sample. No per-class masks (a per-pixel model reads the
-label map)."""
+Mask2Former's semantic augmentations, outlier pasting into the final crop, and, when the model
+asks for it (extra input "outlier_image", e.g. RPL's CoroCL), one raw outlier-pool image per
+sample. No per-class masks (a per-pixel model reads the label map)."""
 from __future__ import annotations
 
 import copy
@@ -43,10 +43,12 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
 
     * "image": 3 x H x W uint8 tensor (``image_format``);
     * "sem_seg": H x W int64 (train ids, ``ignore_label`` void, ``ood_label`` on a pasted object);
-    * with ``raw_outliers``: "outlier_image" (3 x h x w uint8, one pool image, centre-cropped or
-      padded to ``raw_outlier_size``) and "outlier_sem_seg" (h x w int64: ``ood_label`` on the
-      object, 0 on its own background, ``ignore_label`` on padding) for CoroCL's contrastive set.
+    * with ``raw_outliers`` (extra input "outlier_image"): "outlier_image" (3 x h x w uint8, one
+      pool image, centre-cropped or padded to ``raw_outlier_size``) and "outlier_sem_seg" (h x w
+      int64: ``ood_label`` on the object, 0 on its own background, ``ignore_label`` on padding).
     """
+
+    EXTRA_INPUTS = ("outlier_image",)
 
     @configurable
     def __init__(
@@ -78,7 +80,7 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
         self.raw_outlier_size = tuple(raw_outlier_size) if raw_outlier_size else None
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
+    def from_config(cls, cfg, is_train: bool = True, extra_inputs=()):
         # Built here rather than by the parent's from_config, so changes to Mask2Former's mapper
         # options do not leak into the per-pixel one.
         ignore_label = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
@@ -92,8 +94,7 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ood_label": cfg.INPUT.OOD_LABEL,
         }
-        # CoroCL is the only consumer of raw outlier images; its contrastive set needs them.
-        raw = cfg.MODEL.PIXEL_OOD.METHOD == "RPL" and cfg.MODEL.RPL.COROCL_WEIGHT > 0
+        raw = "outlier_image" in extra_inputs
         args["outlier_paster"] = OutlierPaster(cfg) if (cfg.INPUT.OOD_PROB > 0 or raw) else None
         args["raw_outliers"] = raw
         # The head's ASPP pools over a window fixed by the crop: raw images get the crop's size.

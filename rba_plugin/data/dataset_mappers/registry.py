@@ -5,7 +5,7 @@ Mask2Former's short names ("mask_former_semantic"), hence this small name -> cla
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Sequence
 
 __all__ = ["register_train_mapper", "build_train_mapper", "registered_train_mappers"]
 
@@ -28,10 +28,29 @@ def registered_train_mappers() -> Dict[str, Callable]:
     return dict(_TRAIN_MAPPERS)
 
 
-def build_train_mapper(cfg) -> Callable[[Dict], Dict]:
+def build_train_mapper(cfg, extra_inputs: Sequence[str] = ()) -> Callable[[Dict], Dict]:
+    """The mapper named by ``INPUT.DATASET_MAPPER_NAME``.
+
+    Args:
+        extra_inputs: keys of extra training inputs the model asks for (e.g. "outlier_image");
+            the mapper class lists those it can provide in ``EXTRA_INPUTS``.
+
+    Raises:
+        KeyError: an unknown mapper name. ValueError: the mapper cannot provide an extra input.
+    """
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in _TRAIN_MAPPERS:
         raise KeyError(
             f"INPUT.DATASET_MAPPER_NAME: no training mapper named '{name}' (known: {sorted(_TRAIN_MAPPERS)})"
         )
-    return _TRAIN_MAPPERS[name](cfg, is_train=True)
+    cls = _TRAIN_MAPPERS[name]
+    if not extra_inputs:
+        return cls(cfg, is_train=True)
+    missing = [key for key in extra_inputs if key not in getattr(cls, "EXTRA_INPUTS", ())]
+    if missing:
+        providers = [n for n, c in _TRAIN_MAPPERS.items() if set(extra_inputs) <= set(getattr(c, "EXTRA_INPUTS", ()))]
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER_NAME '{name}' cannot provide the training input(s) {missing} the model needs "
+            f"(mappers that can: {providers})"
+        )
+    return cls(cfg, is_train=True, extra_inputs=tuple(extra_inputs))

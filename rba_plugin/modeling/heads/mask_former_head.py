@@ -30,7 +30,7 @@ class MaskFormerHead(nn.Module):
         num_classes: int,
         pixel_decoder: nn.Module,
         loss_weight: float = 1.0,
-        ignore_value: int = -1,
+        ignore_label: int = -1,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
         outlier_head: Optional[nn.Module] = None,
@@ -42,7 +42,7 @@ class MaskFormerHead(nn.Module):
                 f"is implemented, got '{transformer_in_feature}'"
             )
         self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
-        self.ignore_value = ignore_value
+        self.ignore_label = ignore_label
         self.common_stride = 4
         self.loss_weight = loss_weight
         self.pixel_decoder = pixel_decoder
@@ -55,11 +55,13 @@ class MaskFormerHead(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         mf = cfg.MODEL.MASK_FORMER
-        wants_outlier_head = mf.DENSE_HYBRID_LOSS or "densehybrid" in mf.OOD_SCORES
+        # DenseHybrid's head (RbA's DENSE_HYBRID_LOSS) is part of the model whenever its training
+        # is configured, so evaluating such a model with the same config finds it.
+        wants_outlier_head = mf.DENSE_HYBRID_LOSS
         # The predictor reads the pixel decoder's multi-scale maps, which have CONVS_DIM channels.
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
-            "ignore_value": head.IGNORE_VALUE,
+            "ignore_label": head.IGNORE_VALUE,
             "num_classes": head.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "loss_weight": head.LOSS_WEIGHT,

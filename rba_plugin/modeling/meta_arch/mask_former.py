@@ -1,6 +1,7 @@
 """The Mask2Former meta-architecture for semantic segmentation."""
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -12,10 +13,57 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..ood import compute_ood_score, densehybrid_score, gaussian_smooth
-from ..outlier_criterion import build_set_criterion
+from ..criterion import build_set_criterion
+from ..freeze import freeze_except, trainable_parameter_count
+from ..ood.scorer import AnomalyScorer
 
-__all__ = ["MaskFormer", "semantic_scores"]
+__all__ = ["MaskFormer", "semantic_scores", "rba_trainable_prefixes"]
+
+logger = logging.getLogger(__name__)
+
+_PREDICTOR = "sem_seg_head.predictor"
+
+
+def rba_trainable_prefixes(cfg, has_outlier_head: bool) -> Optional[List[str]]:
+    """Parameter-name prefixes RbA's MODEL.FREEZE_* keys leave trainable; None when nothing is
+    frozen.
+
+    Inside the transformer decoder RbA's precedence holds: EXCEPT_OBJECT_QUERIES (query features
+    and embeddings) > EXCEPT_MLP_AND_OOD_PRED (class head, mask MLP, DenseHybrid outlier head) >
+    EXCEPT_MLP (class head and mask-embedding MLP: RbA's fine-tuning) > the whole decoder.
+
+    Raises:
+        ValueError: when the keys freeze every part of the model.
+    """
+    m = cfg.MODEL
+    decoder_keys = (
+        m.FREEZE_TRANSFORMER_DECODER,
+        m.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP,
+        m.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP_AND_OOD_PRED,
+        m.FREEZE_TRANSFORMER_DECODER_EXCEPT_OBJECT_QUERIES,
+    )
+    if not (m.FREEZE_BACKBONE or m.FREEZE_PIXEL_DECODER or any(decoder_keys)):
+        return None
+    prefixes = []
+    if not m.FREEZE_BACKBONE:
+        prefixes.append("backbone")
+    if not m.FREEZE_PIXEL_DECODER:
+        prefixes.append("sem_seg_head.pixel_decoder")
+    if m.FREEZE_TRANSFORMER_DECODER_EXCEPT_OBJECT_QUERIES:
+        prefixes += [f"{_PREDICTOR}.query_feat", f"{_PREDICTOR}.query_embed"]
+    elif m.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP_AND_OOD_PRED:
+        prefixes += [f"{_PREDICTOR}.class_embed", f"{_PREDICTOR}.mask_embed"]
+        if has_outlier_head:
+            prefixes.append("sem_seg_head.outlier_head")
+    elif m.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP:
+        prefixes += [f"{_PREDICTOR}.class_embed", f"{_PREDICTOR}.mask_embed"]
+    elif not m.FREEZE_TRANSFORMER_DECODER:
+        prefixes.append(_PREDICTOR)
+        if has_outlier_head:
+            prefixes.append("sem_seg_head.outlier_head")
+    if not prefixes:
+        raise ValueError("MODEL.FREEZE_*: every part of the model is frozen; nothing would train")
+    return prefixes
 
 
 def semantic_scores(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
@@ -40,8 +88,12 @@ class MaskFormer(nn.Module):
     Training input: per image {"image": 3 x H x W (0..255, cfg.INPUT.FORMAT), "instances":
     Instances(gt_classes, gt_masks), optionally "sem_seg": H x W long}. Output: weighted loss dict.
     Inference output: per image {"sem_seg": C x height x width, "ood_score": height x width} and,
-    when several scores are configured, "ood_scores": {name: height x width} (see
-    :meth:`inference_single`).
+    when several scores are configured, "ood_scores": {name: height x width}. The scores
+    (``MODEL.OOD.SCORES``) read the named outputs ``class_scores`` (= "sem_seg", L) and, with
+    the DenseHybrid head, ``outlier_logits``.
+
+    ``trainable_prefixes`` (RbA's MODEL.FREEZE_* keys) freezes every other parameter, with the
+    frozen modules kept in eval mode (:func:`rba_plugin.modeling.freeze.freeze_except`).
     """
 
     @configurable
@@ -56,9 +108,9 @@ class MaskFormer(nn.Module):
         sem_seg_postprocess_before_inference: bool,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        ignore_value: int = 255,
-        ood_score_names: Sequence[str] = ("rba",),
-        ood_score_smoothing: bool = False,
+        ignore_label: int = 255,
+        scorer: AnomalyScorer,
+        trainable_prefixes: Optional[Sequence[str]] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -68,18 +120,18 @@ class MaskFormer(nn.Module):
         # Backbones such as ResNet report 0; the config value pads to what the decoder needs.
         self.size_divisibility = size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
-        self.ignore_value = ignore_value
-        if not ood_score_names:
-            raise ValueError("MODEL.MASK_FORMER.OOD_SCORES must name at least one anomaly score")
-        if "densehybrid" in ood_score_names and getattr(sem_seg_head, "outlier_head", None) is None:
-            raise ValueError("MODEL.MASK_FORMER.OOD_SCORES: 'densehybrid' needs the DenseHybrid outlier head")
-        for name in ood_score_names:
-            if name != "densehybrid":
-                compute_ood_score(name, torch.zeros(1, 1, 1))  # unknown names fail here, at build time
-        self.ood_score_names = list(ood_score_names)
-        self.ood_score_smoothing = ood_score_smoothing
+        self.ignore_label = ignore_label
+        self.scorer = scorer
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.trainable_prefixes = None if trainable_prefixes is None else list(trainable_prefixes)
+        if self.trainable_prefixes is not None:
+            freeze_except(self, self.trainable_prefixes)
+            trainable, total = trainable_parameter_count(self)
+            logger.info(
+                "Fine-tuning %d of %d parameters (%.4f %%): %s; every other module is frozen in eval mode.",
+                trainable, total, 100.0 * trainable / max(total, 1), ", ".join(self.trainable_prefixes),
+            )
 
     @classmethod
     def from_config(cls, cfg):
@@ -92,9 +144,21 @@ class MaskFormer(nn.Module):
             )
         if mf.MATCHER != "HungarianMatcher":
             raise ValueError(f"MODEL.MASK_FORMER.MATCHER: only 'HungarianMatcher' is implemented, got '{mf.MATCHER}'")
+        # RbA's ablations that change the model; nothing here acts on them, so they are refused.
+        for key, value in (("MODEL.MASK_FORMER.USE_POINT_REND", mf.USE_POINT_REND),
+                           ("SOLVER.FORCE_REGION_PARTITION", cfg.SOLVER.FORCE_REGION_PARTITION)):
+            if value:
+                raise NotImplementedError(f"{key}=True (an RbA ablation) is not implemented; set it to False")
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
-        criterion = build_set_criterion(cfg, sem_seg_head.num_classes)
+        has_outlier_head = getattr(sem_seg_head, "outlier_head", None) is not None
+        extra = ["outlier_logits"] if has_outlier_head else []
+        criterion = build_set_criterion(
+            cfg, sem_seg_head.num_classes, ["class_scores", "class_scores_and_no_object", "energy"] + extra
+        )
+        model_name = ("Mask2Former with the DenseHybrid outlier head" if has_outlier_head else
+                      "Mask2Former without an outlier head (MODEL.MASK_FORMER.DENSE_HYBRID_LOSS adds DenseHybrid's)")
+        scorer = AnomalyScorer(cfg, available_inputs=["class_scores"] + extra, default_names=["rba"], model_name=model_name)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
@@ -104,9 +168,9 @@ class MaskFormer(nn.Module):
             "sem_seg_postprocess_before_inference": mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "ood_score_names": list(mf.OOD_SCORES),
-            "ood_score_smoothing": mf.OOD_SCORE_SMOOTHING,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "scorer": scorer,
+            "trainable_prefixes": rba_trainable_prefixes(cfg, has_outlier_head),
         }
 
     @property
@@ -147,7 +211,10 @@ class MaskFormer(nn.Module):
             outputs["pred_logits"], mask_pred_results, outlier_results, batched_inputs, images.image_sizes
         ):
             result = self.inference_single(mask_cls, mask_pred, input_per_image, image_size)
-            result.update(self.anomaly_scores(result["sem_seg"], outlier_logits, image_size, result["sem_seg"].shape[-2:]))
+            score_inputs = {"class_scores": result["sem_seg"]}
+            if outlier_logits is not None:
+                score_inputs["outlier_logits"] = sem_seg_postprocess(outlier_logits, image_size, *result["sem_seg"].shape[-2:])
+            result.update(self.scorer(score_inputs))
             processed_results.append(result)
         return processed_results
 
@@ -180,39 +247,6 @@ class MaskFormer(nn.Module):
             scores = sem_seg_postprocess(self.semantic_scores(mask_cls, mask_pred), image_size, height, width)
         return {"sem_seg": scores}
 
-    def anomaly_scores(
-        self,
-        sem_seg: torch.Tensor,
-        outlier_logits: Optional[torch.Tensor],
-        image_size: Tuple[int, int],
-        output_size: Tuple[int, int],
-    ) -> Dict[str, object]:
-        """The configured anomaly scores of one image (higher = more anomalous).
-
-        Args:
-            sem_seg: C x height x width semantic scores L.
-            outlier_logits: 2 x H_pad x W_pad DenseHybrid outlier logits, or None.
-            image_size: (h, w) before padding; output_size: (height, width).
-
-        Returns:
-            {"ood_score": height x width} (the first configured score) and, with several,
-            {"ood_scores": {name: height x width}}.
-        """
-        scores = {}
-        for name in self.ood_score_names:
-            if name == "densehybrid":
-                logits = sem_seg_postprocess(outlier_logits, image_size, *output_size)
-                score = densehybrid_score(sem_seg, logits)
-                if self.ood_score_smoothing:
-                    score = gaussian_smooth(score)
-            else:
-                score = compute_ood_score(name, sem_seg, smoothing=self.ood_score_smoothing)
-            scores[name] = score
-        result: Dict[str, object] = {"ood_score": scores[self.ood_score_names[0]]}
-        if len(scores) > 1:
-            result["ood_scores"] = scores
-        return result
-
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, torch.Tensor]]:
         """Per image {"labels": T, "masks": T x H_pad x W_pad (zero-padded), "sem_seg": H_pad x W_pad
         (padded with the ignore value; present when the input has "sem_seg")}."""
@@ -231,7 +265,7 @@ class MaskFormer(nn.Module):
             if "sem_seg" in x:
                 sem_seg = x["sem_seg"].to(self.device)
                 target["sem_seg"] = F.pad(
-                    sem_seg, (0, w_pad - sem_seg.shape[1], 0, h_pad - sem_seg.shape[0]), value=self.ignore_value
+                    sem_seg, (0, w_pad - sem_seg.shape[1], 0, h_pad - sem_seg.shape[0]), value=self.ignore_label
                 )
             targets.append(target)
         return targets

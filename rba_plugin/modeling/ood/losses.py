@@ -23,10 +23,8 @@ import torch.nn.functional as F
 from .scores import get_score_function
 
 __all__ = [
-    "OUTLIER_LOSSES",
     "masked_mean",
     "resize_to_labels",
-    "outlier_score_loss",
     "squared_hinge_outlier_loss",
     "mse_outlier_loss",
     "l1_outlier_loss",
@@ -105,7 +103,7 @@ def squared_hinge_outlier_loss(
 
 
 def mse_outlier_loss(class_scores, labels, *, score_name="rba", alpha=5.0, ood_label=254,
-                     ignore_label=255, **_unused) -> torch.Tensor:
+                     ignore_label=255) -> torch.Tensor:
     """RbA paper Eq. 8: mean over outlier pixels of (score - alpha)^2."""
     _, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
     score = _score(class_scores, labels, score_name)
@@ -113,15 +111,14 @@ def mse_outlier_loss(class_scores, labels, *, score_name="rba", alpha=5.0, ood_l
 
 
 def l1_outlier_loss(class_scores, labels, *, score_name="rba", alpha=5.0, ood_label=254,
-                    ignore_label=255, **_unused) -> torch.Tensor:
+                    ignore_label=255) -> torch.Tensor:
     """RbA paper Eq. 9: mean over outlier pixels of |score - alpha|."""
     _, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
     score = _score(class_scores, labels, score_name)
     return masked_mean((score - alpha).abs(), outlier)
 
 
-def bce_outlier_loss(class_scores, labels, *, score_name="rba", ood_label=254, ignore_label=255,
-                     **_unused) -> torch.Tensor:
+def bce_outlier_loss(class_scores, labels, *, score_name="rba", ood_label=254, ignore_label=255) -> torch.Tensor:
     """RbA paper Eq. 10: binary cross-entropy with the score as the outlier logit, over all
     non-void pixels (outlier = positive)."""
     inlier, outlier = _split(labels, class_scores.shape[1], ood_label, ignore_label)
@@ -130,7 +127,7 @@ def bce_outlier_loss(class_scores, labels, *, score_name="rba", ood_label=254, i
     return masked_mean(bce, inlier | outlier)
 
 
-def kl_outlier_loss(class_scores, labels, *, ood_label=254, ignore_label=255, **_unused) -> torch.Tensor:
+def kl_outlier_loss(class_scores, labels, *, ood_label=254, ignore_label=255) -> torch.Tensor:
     """RbA paper Eq. 11: 0.5 (KL to one-hot on inliers + KL to uniform on outliers).
 
     The class distribution is softmax over the class scores. The divergence is taken as
@@ -145,22 +142,6 @@ def kl_outlier_loss(class_scores, labels, *, ood_label=254, ignore_label=255, **
     log_uniform = -torch.log(torch.tensor(float(num_classes), dtype=log_p.dtype, device=log_p.device))
     kl_outlier = (log_uniform - log_p).mean(1)  # sum_c (1/C) (log(1/C) - log p_c)
     return 0.5 * (masked_mean(kl_inlier, inlier) + masked_mean(kl_outlier, outlier))
-
-
-OUTLIER_LOSSES = {
-    "squared_hinge": squared_hinge_outlier_loss,
-    "mse": mse_outlier_loss,
-    "l1": l1_outlier_loss,
-    "binary_cross_entropy": bce_outlier_loss,
-    "kl": kl_outlier_loss,
-}
-
-
-def outlier_score_loss(kind: str, class_scores: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Dispatch to one of :data:`OUTLIER_LOSSES` by name (RbA's OUTLIER_LOSS_FUNC values)."""
-    if kind not in OUTLIER_LOSSES:
-        raise ValueError(f"unknown outlier loss '{kind}'; known: {', '.join(sorted(OUTLIER_LOSSES))}")
-    return OUTLIER_LOSSES[kind](class_scores, labels, **kwargs)
 
 
 # --- PEBAL -----------------------------------------------------------------------------------

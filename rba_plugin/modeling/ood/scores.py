@@ -1,13 +1,19 @@
-"""Anomaly scores on class scores, one registry for both branches. Higher = more anomalous.
+"""Anomaly scores, one registry for both meta-architectures. Higher = more anomalous.
 
-Every score takes class scores with the class dimension third from last, ``C x H x W`` or
-``N x C x H x W``, and returns ``H x W`` or ``N x H x W``. On Mask2Former they are the semantic
-scores L = sum_q softmax(class_q)[:C] * sigmoid(mask_q) (so 0 <= L_k <= Q); on per-pixel models
-they are the logits.
+A score is a function registered with the named model outputs it reads (its *inputs*). Every
+meta-architecture publishes, per image, a dict of such named outputs (see
+:data:`SCORE_INPUTS`); :class:`rba_plugin.modeling.ood.AnomalyScorer` checks at build time that the
+model produces every input of every configured score and applies them at inference.
+
+Maps follow Detectron2's layout with the channel dimension third from last: ``C x H x W`` or
+``N x C x H x W`` in, ``H x W`` or ``N x H x W`` out. ``class_scores`` are the semantic scores
+L = sum_q softmax(class_q)[:C] * sigmoid(mask_q) on Mask2Former (so 0 <= L_k <= Q) and the
+closed-set logits on per-pixel models.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,71 +22,101 @@ from torchvision.transforms.functional import gaussian_blur
 
 __all__ = [
     "OOD_SCORE_REGISTRY",
+    "SCORE_INPUTS",
+    "ScoreSpec",
+    "register_score",
     "available_scores",
+    "get_score",
+    "get_score_function",
     "compute_ood_score",
     "densehybrid_score",
     "gaussian_smooth",
-    "get_score_function",
 ]
 
-class ScoreRegistry(Registry):
-    """A Registry whose entries are registered under a short name of their own."""
-
-    def register_as(self, name: str) -> Callable:
-        def decorator(fn: Callable) -> Callable:
-            self._do_register(name, fn)
-            return fn
-
-        return decorator
+# The named model outputs scores read, with what each holds (per image, channel first).
+SCORE_INPUTS: Dict[str, str] = {
+    "class_scores": "C x H x W closed-set class scores (Mask2Former's L, or per-pixel logits)",
+    "outlier_logits": "2 x H x W logits of a dataset-posterior head (DenseHybrid; channel 1 = outlier)",
+    "open_set_logits": "(C+1) x H x W logits whose last channel is the unknown class (VCA)",
+    "region_similarity": "1 x H x W similarity P(R) of each pixel's region to the known prototypes (RAML)",
+}
 
 
-OOD_SCORE_REGISTRY = ScoreRegistry("OOD_SCORE")
+@dataclass(frozen=True)
+class ScoreSpec:
+    """A registered score: ``fn(**{input: tensor})`` over the named model outputs ``inputs``."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    inputs: Tuple[str, ...]
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.fn(*(inputs[key] for key in self.inputs))
+
+
+OOD_SCORE_REGISTRY = Registry("OOD_SCORE")
 OOD_SCORE_REGISTRY.__doc__ = """
-Anomaly score functions ``fn(class_scores: (N x) C x H x W) -> (N x) H x W``, higher = more anomalous.
+Anomaly scores (:class:`ScoreSpec`), registered under their config name with
+:func:`register_score`. Higher = more anomalous.
 """
 
 _CLASS_DIM = -3
 
 
-@OOD_SCORE_REGISTRY.register_as("rba")
+def register_score(name: str, inputs: Sequence[str] = ("class_scores",)) -> Callable:
+    """Decorator registering ``fn(*maps) -> score`` as the score ``name`` over the model outputs
+    ``inputs`` (passed positionally, in this order). New input names must be published by the
+    model that provides them (see :data:`SCORE_INPUTS` for the built-in ones)."""
+
+    def decorator(fn: Callable) -> Callable:
+        OOD_SCORE_REGISTRY._do_register(name, ScoreSpec(name, fn, tuple(inputs)))
+        return fn
+
+    return decorator
+
+
+@register_score("rba")
 def rba_score(class_scores: torch.Tensor) -> torch.Tensor:
-    """Rejected by All: -sum_k tanh(L_k). Near 0 where no class claims the pixel."""
+    """Rejected by All (RbA paper Eq. 5): -sum_k tanh(L_k). In [-C, 0]; near 0 where no class
+    claims the pixel."""
     return -torch.tanh(class_scores).sum(_CLASS_DIM)
 
 
-@OOD_SCORE_REGISTRY.register_as("maxlogit")
+@register_score("maxlogit")
 def maxlogit_score(class_scores: torch.Tensor) -> torch.Tensor:
-    """-max_k L_k."""
+    """-max_k L_k (Hendrycks et al., max logit)."""
     return -class_scores.max(_CLASS_DIM).values
 
 
-@OOD_SCORE_REGISTRY.register_as("msp")
+@register_score("msp")
 def msp_score(class_scores: torch.Tensor) -> torch.Tensor:
-    """-max_k softmax(L)_k (maximum softmax probability)."""
+    """-max_k softmax(L)_k (maximum softmax probability), in [-1, -1/C]."""
     return -F.softmax(class_scores, _CLASS_DIM).max(_CLASS_DIM).values
 
 
-@OOD_SCORE_REGISTRY.register_as("entropy")
+@register_score("entropy")
 def entropy_score(class_scores: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(L) in nats."""
+    """Entropy of softmax(L) in nats, in [0, log C]."""
     log_p = F.log_softmax(class_scores, _CLASS_DIM)
     return -(log_p.exp() * log_p).sum(_CLASS_DIM)
 
 
-@OOD_SCORE_REGISTRY.register_as("energy")
+@register_score("energy")
 def energy_score(class_scores: torch.Tensor) -> torch.Tensor:
-    """Free energy -logsumexp_k L_k."""
+    """Free energy -logsumexp_k L_k (PEBAL Eq. 4; RPL's score on its residual-path logits)."""
     return -torch.logsumexp(class_scores, _CLASS_DIM)
 
 
-@OOD_SCORE_REGISTRY.register_as("neg_logit_sum")
+@register_score("neg_logit_sum")
 def neg_logit_sum_score(class_scores: torch.Tensor) -> torch.Tensor:
-    """-sum_k L_k (RbA without the tanh)."""
+    """-sum_k L_k (RbA without the tanh; RbA's OUTLIER_LOSS_TARGET "nls" with SCORE_NORM "none")."""
     return -class_scores.sum(_CLASS_DIM)
 
 
+@register_score("densehybrid", inputs=("class_scores", "outlier_logits"))
 def densehybrid_score(class_scores: torch.Tensor, outlier_logits: torch.Tensor) -> torch.Tensor:
-    """DenseHybrid's hybrid score: log p(outlier | x) - log p_hat(x).
+    """DenseHybrid's hybrid score log p(outlier | x) - log p_hat(x) = log softmax(outlier
+    logits)_1 - logsumexp_k L_k (DenseHybrid ``THKLOODEvaluation.compute_ood_probs``).
 
     Args:
         class_scores: (N x) C x H x W.
@@ -90,19 +126,43 @@ def densehybrid_score(class_scores: torch.Tensor, outlier_logits: torch.Tensor) 
     return log_p_outlier - torch.logsumexp(class_scores, _CLASS_DIM)
 
 
+@register_score("unknown_probability", inputs=("open_set_logits",))
+def unknown_probability_score(open_set_logits: torch.Tensor) -> torch.Tensor:
+    """softmax(open-set logits) of the unknown class (the last channel), in [0, 1] (VCA's open-set
+    prototype classifier)."""
+    return F.softmax(open_set_logits, _CLASS_DIM).select(_CLASS_DIM, open_set_logits.shape[_CLASS_DIM] - 1)
+
+
+@register_score("raml", inputs=("class_scores", "region_similarity"))
+def raml_score(class_scores: torch.Tensor, region_similarity: torch.Tensor) -> torch.Tensor:
+    """RAML paper Eq. 5: Q = -max_l U_l * P(R) with P(R) the similarity of the pixel's region to
+    the known prototypes (1 outside every region, i.e. the max-logit score there)."""
+    return -class_scores.max(_CLASS_DIM).values * region_similarity.select(_CLASS_DIM, 0)
+
+
 def available_scores() -> List[str]:
-    return sorted(OOD_SCORE_REGISTRY._obj_map.keys())
+    """Names of every registered score, sorted."""
+    return sorted(name for name, _ in OOD_SCORE_REGISTRY)
 
 
-def get_score_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The registered score called ``name``; a ValueError lists the known names otherwise."""
+def get_score(name: str) -> ScoreSpec:
+    """The registered score ``name``; a ValueError lists the known names otherwise."""
     if name not in OOD_SCORE_REGISTRY:
         raise ValueError(f"unknown anomaly score '{name}'; known scores: {', '.join(available_scores())}")
     return OOD_SCORE_REGISTRY.get(name)
 
 
+def get_score_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function of a registered score that reads the class scores alone."""
+    spec = get_score(name)
+    if spec.inputs != ("class_scores",):
+        raise ValueError(f"anomaly score '{name}' reads {', '.join(spec.inputs)}, not the class scores alone")
+    return spec.fn
+
+
 def gaussian_smooth(score: torch.Tensor, kernel_size: int = 7, sigma: float = 1.0) -> torch.Tensor:
-    """Gaussian blur of an ``(N x) H x W`` score map (reflect padding, as RPL/PEBAL/RbA smooth)."""
+    """Gaussian blur of an ``(N x) H x W`` score map: torchvision's ``gaussian_blur`` (reflect
+    padding), as the official RPL / PEBAL test code applies ``transforms.GaussianBlur(7, 1)``."""
     if score.dim() not in (2, 3):
         raise ValueError(f"gaussian_smooth: expected H x W or N x H x W, got shape {tuple(score.shape)}")
     blurred = gaussian_blur(score.unsqueeze(-3), [kernel_size, kernel_size], [sigma, sigma])
@@ -116,12 +176,11 @@ def compute_ood_score(
     kernel_size: int = 7,
     sigma: float = 1.0,
 ) -> torch.Tensor:
-    """Apply the registered score ``name`` and, optionally, Gaussian smoothing.
+    """The registered class-score score ``name`` of ``class_scores`` ((N x) C x H x W) and,
+    optionally, Gaussian smoothing; returns (N x) H x W, higher = more anomalous.
 
-    Args:
-        class_scores: (N x) C x H x W.
-    Returns:
-        (N x) H x W, higher = more anomalous.
+    Raises:
+        ValueError: unknown name, a score that needs other inputs, or a wrong shape.
     """
     if class_scores.dim() not in (3, 4):
         raise ValueError(

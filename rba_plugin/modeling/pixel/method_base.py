@@ -1,64 +1,113 @@
-"""The interface every per-pixel OOD method implements, and the registry that builds them."""
+"""The interface of a per-pixel OOD method, and the registry that builds them.
+
+A method is a registered module (``MODEL.PIXEL_OOD.METHOD``) that owns its extra modules and
+declares, as data, everything the rest of the plugin needs of it:
+
+* what it outputs: ``forward`` returns named maps; at inference ``"sem_seg"`` plus the score
+  inputs ``score_inputs`` (see :data:`rba_plugin.modeling.ood.SCORE_INPUTS`) and any other maps;
+* its anomaly scores by default (``default_scores``, ``default_smoothing_kernel``), used when
+  ``MODEL.OOD.SCORES`` / ``SMOOTHING_KERNEL`` leave the choice to the model;
+* its loss terms (``loss_term_names(cfg)``, registered in
+  :data:`rba_plugin.modeling.loss_terms.LOSS_TERM_REGISTRY`), which read its training outputs
+  (``training_outputs``, checked against the terms' inputs when the model is built);
+* what trains (``trainable_prefixes``) and at which learning-rate factor (``lr_factors``);
+* extra training inputs (``extra_inputs``, e.g. CoroCL's raw outlier images), which the
+  training mapper provides and the segmentor runs through the backbone.
+
+Data flows one way: the segmentor runs the backbone and ``head.decode``, then the method (which
+uses the head's pieces, see :mod:`.heads`), then the loss terms or the scores.
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.structures import ImageList
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-__all__ = ["PIXEL_OOD_METHOD_REGISTRY", "PixelOODMethod", "build_pixel_ood_method", "split_targets"]
+from ..loss_terms import PixelTargets
+
+__all__ = ["PIXEL_OOD_METHOD_REGISTRY", "PixelOODMethod", "build_pixel_ood_method", "ExtraImages"]
 
 PIXEL_OOD_METHOD_REGISTRY = Registry("PIXEL_OOD_METHOD")
 PIXEL_OOD_METHOD_REGISTRY.__doc__ = """
 Registry of per-pixel OOD methods (RPL, PEBAL, RAML, VCA, the closed-set baseline) used by
-:class:`PixelOODSegmentor`. A method is built with ``from_config(cfg, sem_seg_head)``.
+:class:`PixelOODSegmentor`. A method is built with ``cls(cfg, sem_seg_head)`` (``from_config``).
 """
 
 
-class PixelOODMethod(nn.Module):
-    """Base class. A method owns its extra modules; the segmentor owns backbone and head.
+class ExtraImages:
+    """Extra images of a training batch (one per input), run through the backbone.
 
-    Methods receive the head as an argument (never store it as a submodule), so each parameter
-    has exactly one name in the segmentor (``backbone.*``, ``sem_seg_head.*``, ``ood_method.*``).
+    Attributes:
+        images: the normalised, padded ImageList.
+        features: the backbone's features of them.
     """
 
-    def trainable_prefixes(self, head_prefix: str = "sem_seg_head") -> Optional[List[str]]:
-        """Parameter prefixes (segmentor-relative) that train; ``None`` = everything trains."""
+    def __init__(self, images: ImageList, features: Dict[str, Tensor]):
+        self.images = images
+        self.features = features
+
+
+class PixelOODMethod(nn.Module):
+    """Base class. The segmentor owns backbone and head; a method owns its extra modules and
+    receives the head as an argument (never as a submodule), so each parameter has exactly one
+    name in the segmentor (``backbone.*``, ``sem_seg_head.*``, ``ood_method.*``)."""
+
+    score_inputs: Tuple[str, ...] = ("class_scores",)
+    default_scores: Tuple[str, ...] = ("maxlogit",)
+    default_smoothing_kernel: int = 0
+    training_outputs: Tuple[str, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        # Training-input keys of extra images ("<name>_image", labelled by "<name>_sem_seg").
+        self.extra_inputs: Tuple[str, ...] = ()
+
+    @classmethod
+    def loss_term_names(cls, cfg) -> List[str]:
+        """Registered loss terms the method trains with (under ``cfg``)."""
+        return []
+
+    def trainable_prefixes(self) -> Optional[List[str]]:
+        """Parameter-name prefixes (segmentor-relative) that train; ``None`` = everything trains."""
         return None
 
-    def losses(
+    def lr_factors(self) -> Dict[str, float]:
+        """Parameter-name prefix -> learning-rate factor (first match wins; default 1)."""
+        return {}
+
+    def forward(
         self,
         head: nn.Module,
         features: Dict[str, Tensor],
+        dec_in: Tensor,
         images: ImageList,
-        targets: Tensor,
-        batched_inputs: List[dict],
-        segmentor: nn.Module,
+        targets: Optional[PixelTargets] = None,
+        extras: Optional[Dict[str, ExtraImages]] = None,
     ) -> Dict[str, Tensor]:
-        """Training losses. ``targets``: N x H x W long (255 void, OOD_LABEL pasted outliers).
-        ``segmentor`` gives access to ``backbone`` and ``preprocess_image`` for extra images."""
-        raise NotImplementedError
+        """Named outputs.
 
-    def inference(
-        self, head: nn.Module, features: Dict[str, Tensor], images: ImageList
-    ) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        """Returns (logits N x C x H x W, ood_score N x H x W, extra N x H x W maps by name),
-        all at the padded input size."""
+        Args:
+            head: the segmentor's head (its pieces, see :mod:`.heads`).
+            features: backbone features; dec_in: ``head.decode(features)``.
+            images: the normalised, padded input batch.
+            targets: the labels (training only).
+            extras: the extra images of ``extra_inputs`` by key (training only).
+
+        Returns:
+            training: the maps the loss terms read. Inference: ``"sem_seg"`` (N x C x H x W
+            logits at the padded input size), every name of ``score_inputs`` (N x K x H x W),
+            and optional further N x H x W maps (e.g. VCA's boolean ``"unknown_mask"``).
+        """
         raise NotImplementedError
 
     def fill_missing_state(self, state_dict: dict, prefix: str, head_prefix: str) -> None:
         """Hook called before loading a state dict; may add keys a base checkpoint lacks."""
 
 
-def split_targets(targets: Tensor, ood_label: int, ignore_value: int) -> Tuple[Tensor, Tensor]:
-    """(inlier mask, outlier mask), both N x H x W bool: inliers are neither void nor pasted."""
-    outlier = targets == ood_label
-    inlier = ~outlier & (targets != ignore_value)
-    return inlier, outlier
-
-
 def build_pixel_ood_method(cfg, sem_seg_head: nn.Module) -> PixelOODMethod:
+    """The method named by ``MODEL.PIXEL_OOD.METHOD``; a ValueError lists the registered ones."""
     name = cfg.MODEL.PIXEL_OOD.METHOD
     if name not in PIXEL_OOD_METHOD_REGISTRY:
         raise ValueError(

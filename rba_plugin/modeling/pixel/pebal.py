@@ -1,145 +1,97 @@
-"""PEBAL (Pixel-wise Energy-biased Abstention Learning) on DeepLabV3+.
+"""PEBAL (Pixel-wise Energy-biased Abstention Learning, Tian et al., ECCV 2022) on a per-pixel head.
 
 The closed-set head gets an abstention class (a (C+1)-th logit from a new 1x1 conv on the same
 decoder features, so a closed-set checkpoint loads unchanged); only the final classification
-block trains: the last ``fuse_conv`` (3x3 conv + norm twice), the predictor and the abstention
-row, as the official ``final`` block. Loss (Eq. 2): PAL (Eq. 3, penalty a = (-E)^2)
-+ lambda * energy hinge (Eqs. 6-7) + beta1 * smoothness + beta2 * sparsity (Eq. 8), with the
-shared implementations of ``rba_plugin.modeling.ood.losses``. Inference: ``sem_seg`` = the C
-inlier logits, ``ood_score`` = smoothed inlier free energy (Eq. 4).
+block trains (the head's ``classification_block`` and the abstention row), as the official
+``final`` block. Loss (Eq. 2): PAL (Eq. 3, penalty a = (-E)^2) + lambda * energy hinge
+(Eqs. 6-7) + beta1 * smoothness + beta2 * sparsity (Eq. 8): the terms ``PEBALAbstention``,
+``PEBALEnergyHinge``, ``PEBALSmoothness``, ``PEBALSparsity`` of
+:mod:`rba_plugin.modeling.loss_terms.pebal`, config group ``MODEL.PEBAL``. Inference:
+``sem_seg`` = the C inlier logits, default score their free energy (Eq. 4), smoothed 7x7.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d
-from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from ..ood.losses import energy_hinge_loss, energy_smoothness_loss, energy_sparsity_loss, inlier_energy, pal_loss
-from .deeplab_parts import classification_block_prefixes, decoder_features, decoder_input, upsample_to_input
+from ...config import register_config_group
+from ..ood.losses import inlier_energy
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
-from .scoring import score_map
 
-__all__ = ["PEBAL"]
+__all__ = ["PEBAL", "add_pebal_config"]
+
+
+@register_config_group
+def add_pebal_config(cfg: CfgNode) -> None:
+    """PEBAL (Tian et al., ECCV 2022). Defaults follow the paper; the official code's values are
+    named in the comments."""
+    cfg.MODEL.PEBAL = CfgNode()
+    # PAL's outlier-pixel term weight: 1 in the paper's Eq. 2; the official code uses 0.1.
+    cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT = 1.0
+    # Targets of an outlier pixel in PAL: "all" Y+1 labels (paper) or the Y inlier ones (code).
+    cfg.MODEL.PEBAL.PAL_OUTLIER_CLASSES = "all"
+    # Stop gradients through the penalty a = (-E)^2 (official code lets them flow: False).
+    cfg.MODEL.PEBAL.DETACH_PENALTY = False
+    cfg.MODEL.PEBAL.ENERGY_WEIGHT = 0.1  # lambda of Eq. 2 on the energy hinge
+    cfg.MODEL.PEBAL.M_IN = -12.0
+    cfg.MODEL.PEBAL.M_OUT = -6.0
+    # Eq. 8: beta1 on smoothness, beta2 on sparsity (paper). The official code swaps them:
+    # SMOOTH_WEIGHT = 3e-6 with SMOOTH_NORM "l2", SPARSITY_WEIGHT = 5e-4 with SPARSITY_NORM "l2"
+    # on outlier pixels only (SPARSITY_ON "outlier").
+    cfg.MODEL.PEBAL.SMOOTH_WEIGHT = 5e-4
+    cfg.MODEL.PEBAL.SPARSITY_WEIGHT = 3e-6
+    cfg.MODEL.PEBAL.SMOOTH_NORM = "l1"  # paper |E - E_N|; code 0.5 (E - E_N)^2
+    cfg.MODEL.PEBAL.SPARSITY_NORM = "l1"  # paper |E|; code ||E||_2
+    cfg.MODEL.PEBAL.SPARSITY_ON = "all"  # paper: every pixel; code: "outlier"
+    # "sum" over pixels (paper and code); "mean" makes the regularisers resolution-independent.
+    cfg.MODEL.PEBAL.REG_REDUCTION = "sum"
 
 
 @PIXEL_OOD_METHOD_REGISTRY.register()
 class PEBAL(PixelOODMethod):
+    """Outputs: training ``logits`` (N x (C+1) x H x W, the last channel abstains) and ``energy``
+    (N x H x W inlier free energy); inference ``sem_seg`` = ``class_scores`` = the C inlier logits."""
+
+    default_scores = ("energy",)
+    training_outputs = ("logits", "energy")
+    default_smoothing_kernel = 7
+
     @configurable
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        num_classes: int,
-        classification_block: List[str],
-        ood_label: int,
-        ignore_value: int,
-        pal_outlier_weight: float = 1.0,
-        pal_outlier_classes: str = "all",
-        detach_penalty: bool = False,
-        energy_weight: float = 0.1,
-        m_in: float = -12.0,
-        m_out: float = -6.0,
-        smooth_weight: float = 5e-4,
-        sparsity_weight: float = 3e-6,
-        smooth_norm: str = "l1",
-        sparsity_norm: str = "l1",
-        sparsity_on: str = "all",
-        reg_reduction: str = "sum",
-        smooth_kernel: int = 7,
-        smooth_sigma: float = 1.0,
-    ):
+    def __init__(self, *, in_channels: int, num_classes: int, classification_block: List[str]):
         super().__init__()
-        for key, value, allowed in (
-            ("SPARSITY_ON", sparsity_on, ("all", "outlier")),
-            ("SMOOTH_NORM", smooth_norm, ("l1", "l2")),
-            ("SPARSITY_NORM", sparsity_norm, ("l1", "l2")),
-            ("REG_REDUCTION", reg_reduction, ("sum", "mean")),
-            ("PAL_OUTLIER_CLASSES", pal_outlier_classes, ("all", "inlier")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"MODEL.PEBAL.{key} must be one of {allowed}, got {value!r}")
         self.abstain = Conv2d(in_channels, 1, kernel_size=1)
         nn.init.kaiming_normal_(self.abstain.weight)  # as the official extra row
         nn.init.zeros_(self.abstain.bias)
         self.num_classes = num_classes
         self.classification_block = list(classification_block)
-        self.ood_label = ood_label
-        self.ignore_value = ignore_value
-        self.pal_outlier_weight = pal_outlier_weight
-        self.pal_outlier_classes = pal_outlier_classes
-        self.detach_penalty = detach_penalty
-        self.energy_weight = energy_weight
-        self.m_in = m_in
-        self.m_out = m_out
-        self.smooth_weight = smooth_weight
-        self.sparsity_weight = sparsity_weight
-        self.smooth_norm = smooth_norm
-        self.sparsity_norm = sparsity_norm
-        self.sparsity_on = sparsity_on
-        self.reg_reduction = reg_reduction
-        self.smooth_kernel = smooth_kernel
-        self.smooth_sigma = smooth_sigma
 
     @classmethod
-    def from_config(cls, cfg, sem_seg_head):
-        p = cfg.MODEL.PEBAL
+    def from_config(cls, cfg, sem_seg_head) -> Dict:
         return {
-            "in_channels": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
+            "in_channels": sem_seg_head.feature_channels,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "classification_block": classification_block_prefixes("sem_seg_head", sem_seg_head),
-            "ood_label": cfg.INPUT.OOD_LABEL,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "pal_outlier_weight": p.PAL_OUTLIER_WEIGHT,
-            "pal_outlier_classes": p.PAL_OUTLIER_CLASSES,
-            "detach_penalty": p.DETACH_PENALTY,
-            "energy_weight": p.ENERGY_WEIGHT,
-            "m_in": p.M_IN,
-            "m_out": p.M_OUT,
-            "smooth_weight": p.SMOOTH_WEIGHT,
-            "sparsity_weight": p.SPARSITY_WEIGHT,
-            "smooth_norm": p.SMOOTH_NORM,
-            "sparsity_norm": p.SPARSITY_NORM,
-            "sparsity_on": p.SPARSITY_ON,
-            "reg_reduction": p.REG_REDUCTION,
-            "smooth_kernel": cfg.MODEL.PIXEL_OOD.SMOOTH_KERNEL,
-            "smooth_sigma": cfg.MODEL.PIXEL_OOD.SMOOTH_SIGMA,
+            "classification_block": [f"sem_seg_head.{p}" for p in sem_seg_head.classification_block],
         }
 
-    def trainable_prefixes(self, head_prefix: str = "sem_seg_head") -> List[str]:
+    @classmethod
+    def loss_term_names(cls, cfg) -> List[str]:
+        return ["PEBALAbstention", "PEBALEnergyHinge", "PEBALSmoothness", "PEBALSparsity"]
+
+    def trainable_prefixes(self) -> List[str]:
         return self.classification_block + ["ood_method.abstain"]
 
-    def logits(self, head: nn.Module, features: Dict[str, Tensor]) -> Tensor:
+    def logits(self, head, dec_in: Tensor) -> Tensor:
         """N x (C+1) x H x W logits at the input size; the last channel abstains."""
-        feats = decoder_features(head, decoder_input(head, features))
-        return upsample_to_input(torch.cat([head.predictor(feats), self.abstain(feats)], dim=1), head)
+        feats = head.decoder_features(dec_in)
+        return head.upsample(torch.cat([head.predict(feats), self.abstain(feats)], dim=1))
 
-    def losses(self, head, features, images, targets, batched_inputs, segmentor) -> Dict[str, Tensor]:
-        logits = self.logits(head, features)
-        energy = inlier_energy(logits, self.num_classes)
-        labels = dict(ood_label=self.ood_label, ignore_label=self.ignore_value)
-        pal = pal_loss(
-            logits.softmax(dim=1),
-            energy.detach() if self.detach_penalty else energy,
-            targets,
-            outlier_weight=self.pal_outlier_weight,
-            outlier_classes=self.pal_outlier_classes,
-            **labels,
-        )
-        hinge = energy_hinge_loss(energy, targets, m_in=self.m_in, m_out=self.m_out, **labels)
-        smooth = energy_smoothness_loss(energy, norm=self.smooth_norm, reduction=self.reg_reduction)
-        sparse_mask = None if self.sparsity_on == "all" else targets == self.ood_label
-        sparse = energy_sparsity_loss(energy, sparse_mask, norm=self.sparsity_norm, reduction=self.reg_reduction)
-        return {
-            "loss_pebal_pal": pal,
-            "loss_pebal_energy": self.energy_weight * hinge,
-            "loss_pebal_smooth": self.smooth_weight * smooth,
-            "loss_pebal_sparsity": self.sparsity_weight * sparse,
-        }
-
-    def inference(self, head: nn.Module, features: Dict[str, Tensor], images: ImageList) -> Tuple[Tensor, Tensor, Dict]:
-        logits = self.logits(head, features)[:, : self.num_classes]
-        return logits, score_map("energy", logits, self.smooth_kernel, self.smooth_sigma), {}
+    def forward(self, head, features, dec_in, images, targets=None, extras=None) -> Dict[str, Tensor]:
+        logits = self.logits(head, dec_in)
+        if self.training:
+            return {"logits": logits, "energy": inlier_energy(logits, self.num_classes)}
+        inlier = logits[:, : self.num_classes]
+        return {"sem_seg": inlier, "class_scores": inlier}

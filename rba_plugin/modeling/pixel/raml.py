@@ -13,30 +13,66 @@ Stages (``MODEL.RAML.STAGE``):
   closed-set logits to N + K channels) and its losses (Eq. 6).
 
 The paper's URS / anomaly code was never released; this is a re-derivation from the paper.
+Config groups ``MODEL.RAML`` and ``MODEL.MCA``; loss terms in
+:mod:`rba_plugin.modeling.loss_terms.raml`.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .deeplab_parts import decoder_features, decoder_input, upsample_to_input
+from ...config import register_config_group
+from ..loss_terms import check_choice
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
-from .raml_losses import (
-    circle_loss,
-    mca_inter_loss,
-    mca_known_loss,
-    mca_reconstruction_loss,
-    mca_split_loss,
-)
 from .regions import grey_image, uncertainty_region_separation
 
-__all__ = ["RAML", "masked_average", "region_dropout"]
+__all__ = ["RAML", "masked_average", "region_dropout", "add_raml_config"]
+
+
+@register_config_group
+def add_raml_config(cfg: CfgNode) -> None:
+    """RAML (Dong et al., IJCAI 2022): anomaly stage and MCA incremental few-shot stage."""
+    cfg.MODEL.RAML = CfgNode()
+    cfg.MODEL.RAML.STAGE = "anomaly"  # "anomaly" (RAML head) or "mca" (MCA fine-tuning)
+    cfg.MODEL.RAML.EMBED_DIMS = [256, 128]  # the two FC layers D
+    cfg.MODEL.RAML.CIRCLE_MARGIN = 0.25
+    cfg.MODEL.RAML.CIRCLE_GAMMA = 8.0
+    cfg.MODEL.RAML.REGION_DROP_PROB = 0.3  # random sub-regions of class masks (official DropBlock)
+    cfg.MODEL.RAML.REGION_DROP_BLOCK = 3
+    cfg.MODEL.RAML.REGIONS_PER_CLASS = 2
+    cfg.MODEL.RAML.PROTOTYPE_MOMENTUM = 0.9  # EMA of known-class prototypes during training
+    cfg.MODEL.RAML.SOBEL_THRESH = 50.0  # alpha (Lost&Found 50, Road Anomaly 150), on 0..255 grey
+    cfg.MODEL.RAML.MSP_THRESH = 0.7  # beta (Lost&Found 0.7, Road Anomaly 0.4)
+    cfg.MODEL.RAML.MIN_REGION_AREA = 1
+    cfg.MODEL.MCA = CfgNode()
+    cfg.MODEL.MCA.NUM_META = 4  # K
+    cfg.MODEL.MCA.ACTIVATION = "softmax"  # paper; official code: "sigmoid"
+    cfg.MODEL.MCA.ETA = 0.02
+    # L_split bound: "min" gives -log(min(x, 1)) (bounded, the official code); "max" is the
+    # literal Eq. 8 -log(max(x, 1)).
+    cfg.MODEL.MCA.SPLIT_BOUND = "min"
+    # x of L_split: "sum" = eta * sum over pixels (paper Eq. 8); "mean" = mean / eta (code).
+    cfg.MODEL.MCA.SPLIT_MASS = "sum"
+    cfg.MODEL.MCA.INTER_REDUCTION = "sum"  # over channel pairs i < j (paper Eq. 7); code: "mean"
+    cfg.MODEL.MCA.HEAD_LR_MULT = 10.0  # label predictor 0.1 vs feature extractor 0.01 (paper)
+    cfg.MODEL.MCA.INTER_WEIGHT = 0.1
+    cfg.MODEL.MCA.SPLIT_WEIGHT = 0.1
+    cfg.MODEL.MCA.REC_WEIGHT = 0.01
+    # Known channels of C: "nll" (the first N channels are the in-distribution segmentation,
+    # paper) or "dice_bce" (official code).
+    cfg.MODEL.MCA.KNOWN_LOSS = "nll"
+    cfg.MODEL.MCA.KAPPA = 0.1  # candidate channel threshold (paper); official code 0.15
+    cfg.MODEL.MCA.THETA_NOVEL = 0.8
+    cfg.MODEL.MCA.CHANNEL_THRESH = 0.5  # binarisation of meta channels
+    # Eq. 13 counts a channel's pixels inside the novel mask (official code); False counts all.
+    cfg.MODEL.MCA.CANDIDATE_INSIDE_MASK = True
+    cfg.MODEL.MCA.MIN_REGION_AREA = 1  # official code: 250 px at stride 4
 
 
 def masked_average(features: Tensor, masks: Tensor) -> Tensor:
@@ -82,6 +118,17 @@ class RegionEmbedding(nn.Module):
 
 @PIXEL_OOD_METHOD_REGISTRY.register()
 class RAML(PixelOODMethod):
+    """Outputs. Anomaly stage, training: ``region_embeddings`` (T x E) and ``region_labels`` (T)
+    of the known-class regions of the batch (the prototypes are updated here); MCA stage,
+    training: ``logits`` (N x C x H x W), ``meta_channels`` (N x (C+K) x H x W in [0, 1]) and
+    ``images`` (the normalised batch). Inference: ``sem_seg`` = ``class_scores`` = the closed-set
+    logits and ``region_similarity`` (N x 1 x H x W, P(R) of Eq. 4, 1 outside every region);
+    default score "raml" (Eq. 5).
+    """
+
+    score_inputs = ("class_scores", "region_similarity")
+    default_scores = ("raml",)
+
     @configurable
     def __init__(
         self,
@@ -94,10 +141,7 @@ class RAML(PixelOODMethod):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         input_format: str,
-        ood_label: int,
-        ignore_value: int,
-        circle_margin: float = 0.25,
-        circle_gamma: float = 8.0,
+        ignore_label: int,
         region_drop_prob: float = 0.3,
         region_drop_block: int = 3,
         regions_per_class: int = 2,
@@ -106,25 +150,11 @@ class RAML(PixelOODMethod):
         msp_thresh: float = 0.7,
         min_region_area: int = 1,
         mca_activation: str = "softmax",
-        mca_eta: float = 0.02,
-        mca_split_bound: str = "min",
-        mca_split_mass: str = "sum",
-        mca_inter_reduction: str = "sum",
-        mca_weights: Tuple[float, float, float] = (0.1, 0.1, 0.01),
-        mca_known_loss: str = "nll",
+        head_lr_factor: float = 10.0,
     ):
         super().__init__()
-        if stage not in ("anomaly", "mca"):
-            raise ValueError(f"MODEL.RAML.STAGE must be 'anomaly' or 'mca', got {stage!r}")
-        for key, value, allowed in (
-            ("ACTIVATION", mca_activation, ("softmax", "sigmoid")),
-            ("SPLIT_BOUND", mca_split_bound, ("min", "max")),
-            ("SPLIT_MASS", mca_split_mass, ("sum", "mean")),
-            ("INTER_REDUCTION", mca_inter_reduction, ("sum", "mean")),
-            ("KNOWN_LOSS", mca_known_loss, ("nll", "dice_bce")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"MODEL.MCA.{key} must be one of {allowed}, got {value!r}")
+        check_choice("MODEL.RAML.STAGE", stage, ("anomaly", "mca"))
+        check_choice("MODEL.MCA.ACTIVATION", mca_activation, ("softmax", "sigmoid"))
         self.stage = stage
         self.num_classes = num_classes
         self.num_meta = num_meta
@@ -135,10 +165,7 @@ class RAML(PixelOODMethod):
         self.pixel_mean = list(pixel_mean)
         self.pixel_std = list(pixel_std)
         self.input_format = input_format
-        self.ood_label = ood_label
-        self.ignore_value = ignore_value
-        self.circle_margin = circle_margin
-        self.circle_gamma = circle_gamma
+        self.ignore_label = ignore_label
         self.region_drop_prob = region_drop_prob
         self.region_drop_block = region_drop_block
         self.regions_per_class = regions_per_class
@@ -147,29 +174,23 @@ class RAML(PixelOODMethod):
         self.msp_thresh = msp_thresh
         self.min_region_area = min_region_area
         self.mca_activation = mca_activation
-        self.mca_eta = mca_eta
-        self.mca_split_bound = mca_split_bound
-        self.mca_split_mass = mca_split_mass
-        self.mca_inter_reduction = mca_inter_reduction
-        self.mca_weights = tuple(mca_weights)
-        self.mca_known_loss_kind = mca_known_loss
+        self.head_lr_factor = head_lr_factor
+        self.training_outputs = (("logits", "meta_channels", "images") if stage == "mca"
+                                 else ("region_embeddings", "region_labels"))
 
     @classmethod
-    def from_config(cls, cfg, sem_seg_head):
+    def from_config(cls, cfg, sem_seg_head) -> Dict:
         r, m = cfg.MODEL.RAML, cfg.MODEL.MCA
         return {
             "stage": r.STAGE,
-            "feature_dim": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
+            "feature_dim": sem_seg_head.feature_channels,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "embed_dims": r.EMBED_DIMS,
             "num_meta": m.NUM_META,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
-            "ood_label": cfg.INPUT.OOD_LABEL,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "circle_margin": r.CIRCLE_MARGIN,
-            "circle_gamma": r.CIRCLE_GAMMA,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "region_drop_prob": r.REGION_DROP_PROB,
             "region_drop_block": r.REGION_DROP_BLOCK,
             "regions_per_class": r.REGIONS_PER_CLASS,
@@ -178,29 +199,36 @@ class RAML(PixelOODMethod):
             "msp_thresh": r.MSP_THRESH,
             "min_region_area": r.MIN_REGION_AREA,
             "mca_activation": m.ACTIVATION,
-            "mca_eta": m.ETA,
-            "mca_split_bound": m.SPLIT_BOUND,
-            "mca_split_mass": m.SPLIT_MASS,
-            "mca_inter_reduction": m.INTER_REDUCTION,
-            "mca_weights": (m.INTER_WEIGHT, m.SPLIT_WEIGHT, m.REC_WEIGHT),
-            "mca_known_loss": m.KNOWN_LOSS,
+            "head_lr_factor": m.HEAD_LR_MULT,
         }
 
-    def trainable_prefixes(self, head_prefix: str = "sem_seg_head") -> List[str]:
+    @classmethod
+    def loss_term_names(cls, cfg) -> List[str]:
+        if cfg.MODEL.RAML.STAGE == "mca":
+            return ["SemSegLoss", "MCAKnownLoss", "MCAInterLoss", "MCASplitLoss", "MCAReconstructionLoss"]
+        return ["RAMLCircleLoss"]
+
+    def trainable_prefixes(self) -> List[str]:
         if self.stage == "anomaly":
             return ["ood_method.embed"]
-        return ["backbone", head_prefix, "ood_method.mca"]
+        return ["backbone", "sem_seg_head", "ood_method.mca"]
+
+    def lr_factors(self) -> Dict[str, float]:
+        # The label predictor learns at 0.1 against 0.01 for the feature extractor (paper, C.1).
+        if self.stage == "mca":
+            return {"sem_seg_head": self.head_lr_factor, "ood_method.mca": self.head_lr_factor}
+        return {}
 
     # ----------------------------------------------------------------------------------------
     # shared pieces
-    def closed_set(self, head: nn.Module, features: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    def closed_set(self, head: nn.Module, dec_in: Tensor) -> Tuple[Tensor, Tensor]:
         """(logits N x C x h x w at the decoder stride, decoder features N x D x h x w)."""
-        feats = decoder_features(head, decoder_input(head, features))
-        return head.predictor(feats), feats
+        feats = head.decoder_features(dec_in)
+        return head.predict(feats), feats
 
     def meta_channels(self, closed_logits: Tensor, head: nn.Module) -> Tensor:
         """MCA output C at the input size: N x (C + K) x H x W activations in [0, 1]."""
-        pre = upsample_to_input(self.mca(closed_logits), head)
+        pre = head.upsample(self.mca(closed_logits))
         return pre.softmax(dim=1) if self.mca_activation == "softmax" else pre.sigmoid()
 
     def embed_regions(self, features: Tensor, masks: Tensor) -> Tensor:
@@ -221,34 +249,38 @@ class RAML(PixelOODMethod):
         return images.tensor * std + mean
 
     # ----------------------------------------------------------------------------------------
-    def losses(self, head, features, images, targets, batched_inputs, segmentor) -> Dict[str, Tensor]:
+    def forward(self, head, features, dec_in, images, targets=None, extras=None) -> Dict[str, Tensor]:
+        if not self.training:
+            return self._inference(head, dec_in, images)
         if self.stage == "mca":
-            return self._mca_losses(head, features, images, targets)
-        return self._metric_losses(head, features, targets)
+            closed, _ = self.closed_set(head, dec_in)
+            return {"logits": head.upsample(closed), "meta_channels": self.meta_channels(closed, head),
+                    "images": images.tensor}
+        return self._region_embeddings(head, dec_in, targets.labels)
 
-    def _metric_losses(self, head, features, targets) -> Dict[str, Tensor]:
+    def _region_embeddings(self, head, dec_in: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         with torch.no_grad():
-            _, feats = self.closed_set(head, features)
-        embeddings, labels = [], []
-        for n in range(targets.shape[0]):
-            for cls in targets[n].unique().tolist():
+            feats = head.decoder_features(dec_in)
+        embeddings, region_labels = [], []
+        for n in range(labels.shape[0]):
+            for cls in labels[n].unique().tolist():
                 if cls >= self.num_classes or cls < 0:
                     continue  # void, pasted outliers
-                mask = targets[n] == cls
+                mask = labels[n] == cls
                 regions = [mask] + [
                     region_dropout(mask, self.region_drop_prob, self.region_drop_block)
                     for _ in range(self.regions_per_class - 1)
                 ]
                 regions = [r for r in regions if r.any()]
                 embeddings.append(self.embed_regions(feats[n], torch.stack(regions)))
-                labels.extend([cls] * len(regions))
-        if not embeddings:
-            zero = sum(p.sum() for p in self.embed.parameters()) * 0.0
-            return {"loss_raml_circle": zero}
+                region_labels.extend([cls] * len(regions))
+        if not embeddings:  # no known class in the batch: an empty (graph-connected) set
+            empty = self.embed(feats.new_zeros(0, feats.shape[1]))
+            return {"region_embeddings": empty, "region_labels": labels.new_zeros(0)}
         emb = torch.cat(embeddings)
-        lab = torch.tensor(labels, device=emb.device)
+        lab = torch.tensor(region_labels, device=emb.device)
         self._update_prototypes(emb.detach(), lab)
-        return {"loss_raml_circle": circle_loss(emb, lab, self.circle_margin, self.circle_gamma)}
+        return {"region_embeddings": emb, "region_labels": lab}
 
     @torch.no_grad()
     def _update_prototypes(self, embeddings: Tensor, labels: Tensor) -> None:
@@ -260,46 +292,28 @@ class RAML(PixelOODMethod):
             self.prototypes[cls] = mean
             self.prototype_valid[cls] = True
 
-    def _mca_losses(self, head, features, images, targets) -> Dict[str, Tensor]:
-        closed, _ = self.closed_set(head, features)
-        seg_targets = targets.masked_fill(targets == self.ood_label, self.ignore_value)
-        losses = {"loss_sem_seg": head.losses(closed, seg_targets)["loss_sem_seg"]}
-        channels = self.meta_channels(closed, head)
-        w_inter, w_split, w_rec = self.mca_weights
-        losses["loss_mca_known"] = mca_known_loss(
-            channels, seg_targets, self.num_classes, self.ignore_value, self.mca_known_loss_kind
-        )
-        losses["loss_mca_inter"] = w_inter * mca_inter_loss(channels, self.mca_inter_reduction)
-        losses["loss_mca_split"] = w_split * mca_split_loss(
-            channels[:, self.num_classes :], self.mca_eta, self.mca_split_mass, self.mca_split_bound
-        )
-        losses["loss_mca_rec"] = w_rec * mca_reconstruction_loss(channels, images.tensor)
-        return losses
-
-    # ----------------------------------------------------------------------------------------
-    def inference(self, head: nn.Module, features: Dict[str, Tensor], images: ImageList):
-        closed, feats = self.closed_set(head, features)
-        logits = upsample_to_input(closed, head)
+    def _inference(self, head, dec_in: Tensor, images: ImageList) -> Dict[str, Tensor]:
+        closed, feats = self.closed_set(head, dec_in)
+        logits = head.upsample(closed)
         raw = self.raw_images(images)
-        scores = []
+        similarity = []
         for n in range(logits.shape[0]):
             regions = uncertainty_region_separation(
                 grey_image(raw[n], self.input_format), logits[n], self.sobel_thresh, self.msp_thresh, self.min_region_area
             )
-            scores.append(self.region_score(logits[n], feats[n], regions))
-        return logits, torch.stack(scores), {}
+            similarity.append(self.region_similarity_map(feats[n], regions))
+        return {"sem_seg": logits, "class_scores": logits, "region_similarity": torch.stack(similarity)[:, None]}
 
-    def region_score(self, logits: Tensor, features: Tensor, regions: Tensor) -> Tensor:
-        """Eq. 5: Q = -max_l U_l * P(R_i) for pixels of region R_i; -max_l U_l elsewhere.
+    def region_similarity_map(self, features: Tensor, regions: Tensor) -> Tensor:
+        """H x W map of P(R_i) on the pixels of region R_i and 1 outside every region.
 
         Args:
-            logits: C x H x W; features: D x h x w; regions: H x W long (0 = none).
+            features: D x h x w; regions: H x W long (0 = none).
         """
-        max_logit = logits.max(dim=0).values
-        similarity = torch.ones_like(max_logit)
+        similarity = torch.ones(regions.shape, dtype=features.dtype, device=features.device)
         num = int(regions.max())
         if num > 0:
             masks = regions[None] == torch.arange(1, num + 1, device=regions.device)[:, None, None]
             p = self.region_similarity(self.embed_regions(features, masks))
             similarity = torch.cat([similarity.new_ones(1), p])[regions]
-        return -max_logit * similarity
+        return similarity

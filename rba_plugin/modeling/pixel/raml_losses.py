@@ -102,14 +102,14 @@ def mca_reconstruction_loss(channels: Tensor, image: Tensor) -> Tensor:
     return (image * (total - 1.0)).pow(2).mean()
 
 
-def mca_known_loss(channels: Tensor, targets: Tensor, num_known: int, ignore_value: int, kind: str = "nll") -> Tensor:
+def mca_known_loss(channels: Tensor, targets: Tensor, num_known: int, ignore_label: int, kind: str = "nll") -> Tensor:
     """Supervision of the first ``num_known`` channels by the known-class labels.
 
     kind "nll": mean over labelled pixels of -log C_y (softmax outputs are class probabilities);
     kind "dice_bce": mean over known channels of Dice loss + BCE against the one-hot labels
     (official code), over labelled pixels.
     """
-    valid = (targets != ignore_value) & (targets < num_known)
+    valid = (targets != ignore_label) & (targets < num_known)
     if not valid.any():
         return channels.sum() * 0.0
     if kind == "nll":

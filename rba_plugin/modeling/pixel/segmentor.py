@@ -1,10 +1,11 @@
-"""``PixelOODSegmentor``: DeepLabV3+ (Detectron2's DeepLab project) plus a per-pixel OOD method."""
+"""``PixelOODSegmentor``: a per-pixel segmentation network plus a per-pixel OOD method."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import ASPP
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
@@ -12,21 +13,44 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from ..freeze import freeze_except
-from .method_base import PixelOODMethod, build_pixel_ood_method
+from ...config import register_config_group
+from ..freeze import freeze_except, trainable_parameter_count
+from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
+from ..ood.scorer import AnomalyScorer
+from .heads import check_pixel_head
+from .method_base import ExtraImages, PixelOODMethod, build_pixel_ood_method
 
-__all__ = ["PixelOODSegmentor"]
+__all__ = ["PixelOODSegmentor", "add_pixel_ood_config"]
+
+logger = logging.getLogger(__name__)
+
+
+@register_config_group
+def add_pixel_ood_config(cfg: CfgNode) -> None:
+    """The per-pixel segmentor: which method, and what it pads and holds out."""
+    cfg.MODEL.PIXEL_OOD = CfgNode()
+    # A registered method (PIXEL_OOD_METHOD_REGISTRY): "ClosedSet", "RPL", "PEBAL", "RAML", "VCA".
+    cfg.MODEL.PIXEL_OOD.METHOD = "ClosedSet"
+    # Extra parameter-name prefixes to keep trainable on top of the method's own (rarely needed).
+    cfg.MODEL.PIXEL_OOD.EXTRA_TRAINABLE = []
+    # Padding multiple of the batched images; -1 = the backbone's own (32 when it has none).
+    cfg.MODEL.PIXEL_OOD.SIZE_DIVISIBILITY = -1
+    # Train ids treated as void in training (RAML's incremental settings hold classes out:
+    # "16+1" = [13], "16+3" = [13, 14, 15]); ids are not compacted.
+    cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES = []
 
 
 @META_ARCH_REGISTRY.register()
 class PixelOODSegmentor(nn.Module):
-    """Per-pixel open-world segmentor.
+    """Per-pixel open-world segmentor: backbone -> head (``decode``) -> method -> loss terms
+    (training) or anomaly scores (inference).
 
-    Training: ``model(batched_inputs) -> dict of losses``; each input dict holds ``"image"``
-    (3 x H x W, uint8, cfg.INPUT.FORMAT) and ``"sem_seg"`` (H x W long: train ids, 255 void,
-    ``INPUT.OOD_LABEL`` on pasted outliers). Inference: one dict per image with ``"sem_seg"``
-    (C x H x W logits at the original size) and ``"ood_score"`` (H x W, higher = more anomalous),
-    plus method-specific maps (e.g. VCA's ``"unknown_mask"``).
+    Training: ``model(batched_inputs) -> dict of weighted losses``; each input dict holds
+    ``"image"`` (3 x H x W, uint8, cfg.INPUT.FORMAT), ``"sem_seg"`` (H x W long: train ids, 255
+    void, ``INPUT.OOD_LABEL`` on pasted outliers) and the method's ``extra_inputs``. Inference:
+    one dict per image with ``"sem_seg"`` (C x H x W logits at the original size), ``"ood_score"``
+    (H x W, higher = more anomalous; ``MODEL.OOD.SCORES`` or the method's default), with several
+    scores ``"ood_scores"``, plus method-specific maps (e.g. VCA's ``"unknown_mask"``).
 
     Parts the method does not train are frozen with :func:`freeze_except` (no gradient, eval mode).
     """
@@ -42,42 +66,64 @@ class PixelOODSegmentor(nn.Module):
         backbone: Backbone,
         sem_seg_head: nn.Module,
         ood_method: PixelOODMethod,
+        loss_terms: Sequence[LossTerm],
+        scorer: AnomalyScorer,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         size_divisibility: int,
-        ignore_value: int = 255,
+        ignore_label: int = 255,
+        ood_label: int = 254,
         extra_trainable: Sequence[str] = (),
         held_out_classes: Sequence[int] = (),
     ):
         super().__init__()
+        check_pixel_head(sem_seg_head)
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.ood_method = ood_method
+        self.loss_terms = nn.ModuleList(loss_terms)
+        self.scorer = scorer
         self.size_divisibility = size_divisibility
-        self.ignore_value = ignore_value
+        self.ignore_label = ignore_label
+        self.ood_label = ood_label
         self.held_out_classes = tuple(int(c) for c in held_out_classes)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        prefixes = ood_method.trainable_prefixes("sem_seg_head")
-        self.trainable_names: List[str] = [n for n, _ in self.named_parameters()]
-        if prefixes is not None:
-            self.trainable_names = freeze_except(self, list(prefixes) + list(extra_trainable))
+        prefixes = ood_method.trainable_prefixes()
+        self.trainable_prefixes = None if prefixes is None else list(prefixes) + list(extra_trainable)
+        if self.trainable_prefixes is not None:
+            freeze_except(self, self.trainable_prefixes)
+            trainable, total = trainable_parameter_count(self)
+            logger.info("%s trains %d of %d parameters: %s", type(ood_method).__name__, trainable, total,
+                        ", ".join(self.trainable_prefixes))
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        check_pixel_head(sem_seg_head)
+        method = build_pixel_ood_method(cfg, sem_seg_head)
         size_div = cfg.MODEL.PIXEL_OOD.SIZE_DIVISIBILITY
         if size_div < 0:
             size_div = backbone.size_divisibility or 32
+        name = type(method).__name__
+        terms = build_loss_terms(cfg, method.loss_term_names(cfg) + list(cfg.MODEL.LOSS_TERMS))
+        check_term_inputs(terms, method.training_outputs, f"the per-pixel method {name}")
+        scorer = AnomalyScorer(
+            cfg, available_inputs=method.score_inputs, default_names=method.default_scores,
+            default_smoothing_kernel=method.default_smoothing_kernel, model_name=f"the per-pixel method {name}",
+        )
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
-            "ood_method": build_pixel_ood_method(cfg, sem_seg_head),
+            "ood_method": method,
+            "loss_terms": terms,
+            "scorer": scorer,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": size_div,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "ood_label": cfg.INPUT.OOD_LABEL,
             "extra_trainable": cfg.MODEL.PIXEL_OOD.EXTRA_TRAINABLE,
             "held_out_classes": cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES,
         }
@@ -85,6 +131,15 @@ class PixelOODSegmentor(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def extra_training_inputs(self) -> Tuple[str, ...]:
+        """Keys of extra images the training mapper gives every input (the method asks for them)."""
+        return tuple(self.ood_method.extra_inputs)
+
+    def lr_factors(self) -> Dict[str, float]:
+        """The method's learning-rate factors by parameter-name prefix."""
+        return dict(self.ood_method.lr_factors())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Lets a method initialise its new modules from a base checkpoint (RPL's ASPP copy).
@@ -117,41 +172,85 @@ class PixelOODSegmentor(nn.Module):
             f"them. Resize the images (INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST) to such a size."
         )
 
-    def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+    def preprocess_image(self, batched_inputs: List[dict], key: str = "image") -> ImageList:
+        """Normalise and pad the images under ``key`` to a multiple of ``size_divisibility``."""
+        images = [(x[key].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def _pad_labels(self, batched_inputs: List[dict], key: str) -> Tensor:
+        labels = [x[key].to(self.device) for x in batched_inputs]
+        return ImageList.from_tensors(labels, self.size_divisibility, pad_value=self.ignore_label).tensor
+
+    def targets(self, batched_inputs: List[dict]) -> PixelTargets:
+        """Padded labels (held-out classes void) and the labels of the method's extra images."""
+        if any("sem_seg" not in x for x in batched_inputs):
+            raise ValueError("PixelOODSegmentor in training mode needs 'sem_seg' in every input dict")
+        labels = self._pad_labels(batched_inputs, "sem_seg")
+        for cls in self.held_out_classes:  # novel classes of the incremental settings
+            labels = labels.masked_fill(labels == cls, self.ignore_label)
+        extra = {}
+        for key in self._present_extra_inputs(batched_inputs):
+            label_key = key.replace("_image", "_sem_seg")
+            extra[label_key] = self._pad_labels(batched_inputs, label_key)
+        return PixelTargets(labels, ood_label=self.ood_label, ignore_label=self.ignore_label, extra=extra)
+
+    def _present_extra_inputs(self, batched_inputs: List[dict]) -> List[str]:
+        """The method's extra inputs the batch carries (all inputs or none: a partial batch is an
+        error); a method works without them (e.g. CoroCL then contrasts the batch's own pixels)."""
+        present = []
+        for key in self.extra_training_inputs:
+            count = sum(key in x for x in batched_inputs)
+            if 0 < count < len(batched_inputs):
+                raise ValueError(
+                    f"'{key}' is in {count} of the {len(batched_inputs)} training inputs of the batch; "
+                    f"{type(self.ood_method).__name__} needs it in all of them or none"
+                )
+            if count:
+                present.append(key)
+        return present
+
+    def _extra_images(self, batched_inputs: List[dict]) -> Dict[str, ExtraImages]:
+        extras = {}
+        for key in self._present_extra_inputs(batched_inputs):
+            images = self.preprocess_image(batched_inputs, key)
+            extras[key] = ExtraImages(images, self.backbone(images.tensor))
+        return extras
 
     def forward(self, batched_inputs: List[dict]):
         images = self.preprocess_image(batched_inputs)
         self._check_input_size(images, batched_inputs)
         features = self.backbone(images.tensor)
+        dec_in = self.sem_seg_head.decode(features)
         if self.training:
-            if "sem_seg" not in batched_inputs[0]:
-                raise ValueError("PixelOODSegmentor in training mode needs 'sem_seg' in every input dict")
-            targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
-            targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
-            for cls in self.held_out_classes:  # novel classes of the incremental settings
-                targets = targets.masked_fill(targets == cls, self.ignore_value)
-            return self.ood_method.losses(self.sem_seg_head, features, images, targets, batched_inputs, self)
-        logits, scores, extras = self.ood_method.inference(self.sem_seg_head, features, images)
-        return self.postprocess(logits, scores, extras, images, batched_inputs)
+            targets = self.targets(batched_inputs)
+            extras = self._extra_images(batched_inputs)
+            outputs = self.ood_method(self.sem_seg_head, features, dec_in, images, targets=targets, extras=extras)
+            losses = {}
+            for term in self.loss_terms:
+                losses.update({k: v * term.weights.get(k, 1.0) for k, v in term(outputs, targets).items()})
+            return losses
+        outputs = self.ood_method(self.sem_seg_head, features, dec_in, images)
+        return self.postprocess(outputs, images, batched_inputs)
 
-    @staticmethod
-    def postprocess(
-        logits: Tensor, scores: Tensor, extras: Dict[str, Tensor], images: ImageList, batched_inputs: List[dict]
-    ) -> List[dict]:
-        """Crop the padding and resize to each input's ``height`` x ``width`` (its original size)."""
+    def postprocess(self, outputs: Dict[str, Tensor], images: ImageList, batched_inputs: List[dict]) -> List[dict]:
+        """Crop the padding and resize every map to each input's ``height`` x ``width`` (its
+        original size), then compute the anomaly scores from the named score inputs."""
+        score_names = self.ood_method.score_inputs
         results = []
         for i, (inp, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            height = inp.get("height", image_size[0])
-            width = inp.get("width", image_size[1])
-            out = {
-                "sem_seg": sem_seg_postprocess(logits[i], image_size, height, width),
-                "ood_score": sem_seg_postprocess(scores[i][None], image_size, height, width)[0],
-            }
-            for name, value in extras.items():
-                resized = sem_seg_postprocess(value[i][None].float(), image_size, height, width)[0]
-                out[name] = resized > 0.5 if value.dtype == torch.bool else resized
+            size = (inp.get("height", image_size[0]), inp.get("width", image_size[1]))
+            resized: Dict[str, Tensor] = {}
+            by_tensor: Dict[int, Tensor] = {}  # outputs that are the same tensor are resized once
+            for name, value in outputs.items():
+                if id(value) not in by_tensor:
+                    if value.dtype == torch.bool:
+                        by_tensor[id(value)] = sem_seg_postprocess(value[i][None].float(), image_size, *size)[0] > 0.5
+                    else:
+                        map_ = value[i] if value.dim() == 4 else value[i][None]
+                        by_tensor[id(value)] = sem_seg_postprocess(map_, image_size, *size)
+                resized[name] = by_tensor[id(value)]
+            out = {"sem_seg": resized["sem_seg"]}
+            out.update(self.scorer({name: resized[name] for name in score_names}))
+            out.update({k: v for k, v in resized.items() if k != "sem_seg" and k not in score_names})
             results.append(out)
         return results

@@ -1,30 +1,42 @@
-"""The VCA open-set prototype baseline (Siam et al.) on DeepLabV3+ decoder features.
+"""The VCA open-set prototype baseline (Siam et al.) on a per-pixel head's decoder features.
 
 Each pixel embedding f is compared with a learnable mean mu_k and scale sigma_k per known class:
 logit_k = -d(f, mu_k) / (2 sigma_k^2) with d the Euclidean distance (squared optionally); the
 unknown class has one learnable constant logit gamma; softmax over C+1. Trained with
-cross-entropy where pasted outliers (``INPUT.OOD_LABEL``) are class C. sigma is parametrised
-by its log (the official head learns sigma directly, initialised near 0.01, which can cross 0).
-Optional auxiliary SupCon on a projection of sampled pixel embeddings (the official loss was
-never released; reconstructed from the paper's description).
+cross-entropy where pasted outliers (``INPUT.OOD_LABEL``) are class C (term ``VCACrossEntropy``).
+sigma is parametrised by its log (the official head learns sigma directly, initialised near
+0.01, which can cross 0). Optional auxiliary SupCon on a projection of sampled pixel embeddings
+(term ``VCASupCon``; the official loss was never released; reconstructed from the paper's
+description). Config group ``MODEL.VCA``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
-from detectron2.config import configurable
+from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d
-from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .contrastive import supcon_loss
-from .deeplab_parts import decoder_features, decoder_input, upsample_to_input
+from ...config import register_config_group
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
-from .rpl_losses import sample_pixel_embeddings
 
-__all__ = ["PrototypeClassifier", "VCA"]
+__all__ = ["PrototypeClassifier", "VCA", "add_vca_config"]
+
+
+@register_config_group
+def add_vca_config(cfg: CfgNode) -> None:
+    """The VCA open-set prototype baseline (Siam et al.)."""
+    cfg.MODEL.VCA = CfgNode()
+    cfg.MODEL.VCA.EMBED_DIM = 256
+    cfg.MODEL.VCA.SQUARED_DISTANCE = False  # official head: Euclidean, not squared
+    cfg.MODEL.VCA.SUPCON_WEIGHT = 0.0  # auxiliary supervised contrastive loss (0 = off)
+    cfg.MODEL.VCA.SUPCON_TAU = 0.07
+    cfg.MODEL.VCA.SUPCON_MAX_VIEWS = 512
+    cfg.MODEL.VCA.SUPCON_PROJ_DIM = 128
+    # Parts trained with the head (official motion configs freeze backbone and neck).
+    cfg.MODEL.VCA.TRAIN_BACKBONE = False
 
 
 class PrototypeClassifier(nn.Module):
@@ -50,8 +62,17 @@ class PrototypeClassifier(nn.Module):
 @PIXEL_OOD_METHOD_REGISTRY.register()
 class VCA(PixelOODMethod):
     """Prototype head on the decoder. Trains the decoder and the head (and the backbone if
-    ``MODEL.VCA.TRAIN_BACKBONE``). Outputs ``sem_seg`` = the C known logits, ``ood_score`` =
-    softmax probability of the unknown class, ``unknown_mask`` = argmax is the unknown class."""
+    ``MODEL.VCA.TRAIN_BACKBONE``).
+
+    Outputs: training ``open_set_logits`` (N x (C+1) x H x W), ``embeddings`` (N x D x h x w)
+    and, with SupCon, ``supcon_embeddings``; inference ``sem_seg`` = ``class_scores`` = the C
+    known logits, ``open_set_logits``, and ``unknown_mask`` (argmax is the unknown class).
+    Default score: the unknown class's softmax probability.
+    """
+
+    score_inputs = ("class_scores", "open_set_logits")
+    default_scores = ("unknown_probability",)
+    training_outputs = ("open_set_logits", "embeddings", "supcon_embeddings")
 
     @configurable
     def __init__(
@@ -60,73 +81,47 @@ class VCA(PixelOODMethod):
         in_channels: int,
         embed_dim: int,
         num_classes: int,
-        ood_label: int,
-        ignore_value: int,
         squared_distance: bool = False,
         train_backbone: bool = False,
-        supcon_weight: float = 0.0,
-        supcon_tau: float = 0.07,
-        supcon_max_views: int = 512,
-        supcon_proj_dim: int = 128,
+        supcon_proj_dim: int = 0,
     ):
         super().__init__()
         self.embed = Conv2d(in_channels, embed_dim, kernel_size=1)
         self.classifier = PrototypeClassifier(embed_dim, num_classes, squared_distance)
         self.num_classes = num_classes
-        self.ood_label = ood_label
-        self.ignore_value = ignore_value
         self.train_backbone = train_backbone
-        self.supcon_weight = supcon_weight
-        self.supcon_tau = supcon_tau
-        self.supcon_max_views = supcon_max_views
-        self.projector = Conv2d(embed_dim, supcon_proj_dim, kernel_size=1) if supcon_weight > 0 else None
+        self.projector = Conv2d(embed_dim, supcon_proj_dim, kernel_size=1) if supcon_proj_dim > 0 else None
 
     @classmethod
-    def from_config(cls, cfg, sem_seg_head):
+    def from_config(cls, cfg, sem_seg_head) -> Dict:
         v = cfg.MODEL.VCA
         return {
-            "in_channels": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
+            "in_channels": sem_seg_head.feature_channels,
             "embed_dim": v.EMBED_DIM,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "ood_label": cfg.INPUT.OOD_LABEL,
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "squared_distance": v.SQUARED_DISTANCE,
             "train_backbone": v.TRAIN_BACKBONE,
-            "supcon_weight": v.SUPCON_WEIGHT,
-            "supcon_tau": v.SUPCON_TAU,
-            "supcon_max_views": v.SUPCON_MAX_VIEWS,
-            "supcon_proj_dim": v.SUPCON_PROJ_DIM,
+            "supcon_proj_dim": v.SUPCON_PROJ_DIM if v.SUPCON_WEIGHT > 0 else 0,
         }
 
-    def trainable_prefixes(self, head_prefix: str = "sem_seg_head") -> List[str]:
-        prefixes = [f"{head_prefix}.decoder", "ood_method"]
+    @classmethod
+    def loss_term_names(cls, cfg) -> List[str]:
+        return ["VCACrossEntropy"] + (["VCASupCon"] if cfg.MODEL.VCA.SUPCON_WEIGHT > 0 else [])
+
+    def trainable_prefixes(self) -> List[str]:
+        prefixes = ["sem_seg_head.decoder", "ood_method"]
         if self.train_backbone:
             prefixes.append("backbone")
         return prefixes
 
-    def _embeddings(self, head: nn.Module, features: Dict[str, Tensor]) -> Tensor:
-        return self.embed(decoder_features(head, decoder_input(head, features)))
-
-    def losses(self, head, features, images, targets, batched_inputs, segmentor) -> Dict[str, Tensor]:
-        emb = self._embeddings(head, features)
-        logits = upsample_to_input(self.classifier(emb), head)
-        labels = targets.masked_fill(targets == self.ood_label, self.num_classes)
-        losses = {"loss_vca_ce": F.cross_entropy(logits, labels, ignore_index=self.ignore_value)}
-        if self.supcon_weight > 0:
-            small = F.interpolate(labels[:, None].float(), size=emb.shape[-2:], mode="nearest")[:, 0].long()
-            z = F.normalize(self.projector(emb), dim=1)
-            samples, sample_labels = [], []
-            for k in range(self.num_classes + 1):
-                picked = sample_pixel_embeddings(z, small == k, self.supcon_max_views)
-                samples.append(picked)
-                sample_labels.append(torch.full((picked.shape[0],), k, dtype=torch.long, device=z.device))
-            losses["loss_vca_supcon"] = self.supcon_weight * supcon_loss(
-                torch.cat(samples), torch.cat(sample_labels), self.supcon_tau
-            ) + z.sum() * 0.0
-        return losses
-
-    def inference(self, head: nn.Module, features: Dict[str, Tensor], images: ImageList) -> Tuple[Tensor, Tensor, Dict]:
-        logits = upsample_to_input(self.classifier(self._embeddings(head, features)), head)
-        probs = logits.softmax(dim=1)
-        unknown = logits.argmax(dim=1) == self.num_classes
-        return logits[:, : self.num_classes], probs[:, self.num_classes], {"unknown_mask": unknown}
+    def forward(self, head, features, dec_in, images, targets=None, extras=None) -> Dict[str, Tensor]:
+        emb = self.embed(head.decoder_features(dec_in))
+        logits = head.upsample(self.classifier(emb))
+        if self.training:
+            outputs = {"open_set_logits": logits, "embeddings": emb}
+            if self.projector is not None:
+                outputs["supcon_embeddings"] = F.normalize(self.projector(emb), dim=1)
+            return outputs
+        known = logits[:, : self.num_classes]
+        return {"sem_seg": known, "class_scores": known, "open_set_logits": logits,
+                "unknown_mask": logits.argmax(dim=1) == self.num_classes}

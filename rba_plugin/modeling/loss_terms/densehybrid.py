@@ -1,0 +1,58 @@
+"""DenseHybrid's objective inside Mask2Former (RbA paper appendix C.3, Eqs. 16-18): cross-entropy
+of L on inliers, the outlier head's cross-entropy (beta1) and the density term (beta2).
+
+RbA's keys select it: ``MODEL.MASK_FORMER.DENSE_HYBRID_LOSS`` (which also adds the outlier head),
+``DENSE_HYBRID_HEAD_WEIGHT`` (beta1), ``DENSE_HYBRID_BETA`` (beta2) and ``DENSE_HYBRID_WEIGHT``
+(the factor of each of the three outputs).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping
+
+import torch
+from detectron2.config import configurable
+
+from ..ood.losses import densehybrid_loss
+from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, register_term_alias
+
+__all__ = ["MaskFormerDenseHybridLoss"]
+
+
+@register_term_alias
+def maskformer_densehybrid_terms(cfg) -> List[str]:
+    """RbA's DENSE_HYBRID_LOSS as a term name; PEBAL's GAMBLER_LOSS is its alternative."""
+    mf = cfg.MODEL.MASK_FORMER
+    if not mf.DENSE_HYBRID_LOSS:
+        return []
+    if mf.GAMBLER_LOSS:
+        raise ValueError("MODEL.MASK_FORMER.GAMBLER_LOSS and DENSE_HYBRID_LOSS are alternatives; set one")
+    return ["MaskFormerDenseHybridLoss"]
+
+
+@LOSS_TERM_REGISTRY.register()
+class MaskFormerDenseHybridLoss(LossTerm):
+    """``loss_dh_ce``, ``loss_dh_outlier`` (beta1 x head CE), ``loss_dh_density`` (beta2 x density
+    term) of :func:`rba_plugin.modeling.ood.losses.densehybrid_loss`. The outlier head has one
+    output, so only the final prediction is supervised."""
+
+    inputs = ("class_scores", "outlier_logits")
+    deep_supervision = False
+    replaces_mask_losses = True
+
+    @configurable
+    def __init__(self, *, beta1: float = 0.3, beta2: float = 0.03, weight: float = 1.0):
+        super().__init__()
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.weights = {k: weight for k in ("loss_dh_ce", "loss_dh_outlier", "loss_dh_density")}
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        mf = cfg.MODEL.MASK_FORMER
+        return {"beta1": mf.DENSE_HYBRID_HEAD_WEIGHT, "beta2": mf.DENSE_HYBRID_BETA, "weight": mf.DENSE_HYBRID_WEIGHT}
+
+    def forward(self, outputs: Mapping[str, torch.Tensor], targets: PixelTargets) -> Dict[str, torch.Tensor]:
+        return densehybrid_loss(
+            outputs["class_scores"], outputs["outlier_logits"], targets.labels, beta1=self.beta1, beta2=self.beta2,
+            ood_label=targets.ood_label, ignore_label=targets.ignore_label,
+        )

@@ -1,0 +1,128 @@
+"""Decoder heads of the per-pixel branch: the parts a per-pixel OOD method builds on.
+
+A head of this branch (``MODEL.SEM_SEG_HEAD.NAME``) runs in pieces, so that a method can tap or
+alter its inside (RPL adds a residual to the decoder input, PEBAL fine-tunes the classification
+block, RAML and VCA read the final features) without knowing which network it is:
+
+* ``decode(features) -> dec_in``: the input of the final classification block, N x
+  ``decoder_in_channels`` x h x w at the stride of the backbone feature ``finest_feature``;
+* ``decoder_features(dec_in) -> feats``: the classification block without its last 1x1 conv,
+  N x ``feature_channels`` x h x w;
+* ``predict(feats) -> logits`` and ``classify(dec_in) = predict(decoder_features(dec_in))``;
+* ``upsample(x)``: from the decoder's stride to the input's;
+* ``coarse_feature`` / ``coarse_in_channels`` / ``aspp`` / ``aspp_prefix``: the backbone feature
+  the ASPP reads, its channels, the ASPP module and its head-relative name;
+* ``classification_block``: the parameter prefixes (head-relative) of the classification block.
+
+:class:`PixelDeepLabV3PlusHead` is Detectron2's ``DeepLabV3PlusHead`` (same parameters and
+state-dict keys) with these pieces.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.projects.deeplab import DeepLabV3PlusHead
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["PixelDeepLabV3PlusHead", "PIXEL_HEAD_METHODS", "check_pixel_head"]
+
+# What the per-pixel segmentor needs of its head.
+PIXEL_HEAD_METHODS = ("decode", "decoder_features", "predict", "classify", "upsample")
+
+
+def check_pixel_head(head: nn.Module) -> None:
+    """Raise a ValueError naming MODEL.SEM_SEG_HEAD.NAME when ``head`` lacks the per-pixel pieces."""
+    missing = [m for m in PIXEL_HEAD_METHODS if not callable(getattr(head, m, None))]
+    if missing:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.NAME={type(head).__name__!r} is not a head of the per-pixel branch (it lacks "
+            f"{', '.join(missing)}); use 'PixelDeepLabV3PlusHead' or another head with those pieces"
+        )
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class PixelDeepLabV3PlusHead(DeepLabV3PlusHead):
+    """Detectron2's DeepLabV3+ head run in pieces (see the module docstring).
+
+    ``layers`` goes ASPP (coarsest feature) -> for each finer level: upsample, concatenate with
+    the projected low-level feature, ``fuse_conv``; then the 1x1 ``predictor``. ``decode`` stops
+    before the last (finest) ``fuse_conv``; the pieces reproduce ``layers`` exactly (same ops, same
+    order), so ``classify(decode(x))`` is bit-identical to ``layers(x)``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.decoder_only or len(self.in_features) < 2:
+            raise ValueError(
+                "PixelDeepLabV3PlusHead needs a predictor and at least one low-level feature "
+                f"(MODEL.SEM_SEG_HEAD.IN_FEATURES of length >= 2, got {self.in_features})"
+            )
+
+    @property
+    def finest_feature(self) -> str:
+        """Backbone feature of the last decoder stage (e.g. ``"res2"``)."""
+        return self.in_features[0]
+
+    @property
+    def coarse_feature(self) -> str:
+        """Backbone feature the ASPP reads (e.g. ``"res5"``)."""
+        return self.in_features[-1]
+
+    @property
+    def aspp_prefix(self) -> str:
+        """Head-relative name of the ASPP module (RPL copies its weights)."""
+        return f"decoder.{self.coarse_feature}.project_conv"
+
+    @property
+    def aspp(self) -> nn.Module:
+        return self.decoder[self.coarse_feature]["project_conv"]
+
+    @property
+    def coarse_in_channels(self) -> int:
+        return self.aspp.convs[0].in_channels
+
+    @property
+    def decoder_in_channels(self) -> int:
+        """Channels of the last ``fuse_conv``'s input (projected low-level + upsampled coarser)."""
+        return self.decoder[self.finest_feature]["fuse_conv"][0].in_channels
+
+    @property
+    def feature_channels(self) -> int:
+        return self.predictor.in_channels
+
+    @property
+    def classification_block(self) -> List[str]:
+        """Head-relative prefixes of the final classification block: last ``fuse_conv`` + predictor."""
+        return [f"decoder.{self.finest_feature}.fuse_conv", "predictor"]
+
+    def decode(self, features: Dict[str, Tensor]) -> Tensor:
+        """The input of the last ``fuse_conv``: N x decoder_in_channels x H/s x W/s."""
+        y = None
+        for f in self.in_features[::-1]:
+            proj_x = self.decoder[f]["project_conv"](features[f])
+            if self.decoder[f]["fuse_conv"] is None:
+                y = proj_x
+                continue
+            y = F.interpolate(y, size=proj_x.size()[2:], mode="bilinear", align_corners=False)
+            y = torch.cat([proj_x, y], dim=1)
+            if f != self.finest_feature:
+                y = self.decoder[f]["fuse_conv"](y)
+        return y
+
+    def decoder_features(self, dec_in: Tensor) -> Tensor:
+        """The last ``fuse_conv``: N x feature_channels x H/s x W/s."""
+        return self.decoder[self.finest_feature]["fuse_conv"](dec_in)
+
+    def predict(self, feats: Tensor) -> Tensor:
+        """Class logits at the decoder's stride, N x C x H/s x W/s."""
+        return self.predictor(feats)
+
+    def classify(self, dec_in: Tensor) -> Tensor:
+        return self.predict(self.decoder_features(dec_in))
+
+    def upsample(self, x: Tensor) -> Tensor:
+        """From the decoder's stride to the input's, as the head itself upsamples its logits."""
+        return F.interpolate(x, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
