@@ -112,7 +112,7 @@ class AnomalyMetrics:
         cache_memory_bytes: int = 2 << 30,
         tmp_root: Optional[str] = None,
         protocol: str = "exact",
-        key_buffer_bytes: int = 256 << 20,
+        key_buffer_bytes: int = 128 << 20,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

@@ -6,7 +6,7 @@ Design (protocol "exact"). Every float32 score gets an order-preserving uint32 k
 * a coarse histogram over the top 16 bits of the key (2 x 65536 int64, 1 MiB), exact counts per
   coarse bin, summed over frames and processes; and
 * every valid pixel's key, buffered in RAM up to ``buffer_bytes`` and then written as sorted runs
-  to one temporary file (4 bytes per valid pixel on disk, nothing per pixel in RAM).
+  to one temporary file (4 bytes per valid pixel on disk; RAM does not grow with the frames).
 
 AP, AUROC, FPR at 95% TPR and the best pixel F1 only change at score values held by anomaly
 pixels, and only need, at each such value v, the anomaly count p(v), the tied in-distribution
@@ -26,7 +26,6 @@ score value instead of the official per-frame bins.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import warnings
 import weakref
@@ -123,120 +122,187 @@ class PixelResult:
     curves: Optional[PixelCurves]
 
 
-class _RunStore:
-    """Keys of both classes: an unsorted RAM buffer, sorted runs in RAM, sorted runs on disk.
+_BIN_STARTS = (np.arange(NUM_COARSE, dtype=np.uint32) << np.uint32(COARSE_SHIFT)).astype(np.uint32)
 
-    When the buffer plus the RAM runs exceed ``buffer_bytes`` they are sorted and appended to one
-    private temporary file, so RAM stays bounded and the number of runs stays small (one run per
-    ``buffer_bytes`` of keys).
+
+def _bin_span(keys: np.ndarray, lo_bin: int, hi_bin: int) -> Tuple[int, int]:
+    """[a, b) of the sorted ``keys`` lying in coarse bins [lo_bin, hi_bin)."""
+    # Needles of the keys' own dtype: mixed dtypes would make numpy cast (copy) the whole array.
+    a = int(np.searchsorted(keys, _BIN_STARTS[lo_bin: lo_bin + 1])[0])
+    b = len(keys) if hi_bin >= NUM_COARSE else int(np.searchsorted(keys, _BIN_STARTS[hi_bin: hi_bin + 1])[0])
+    return a, b
+
+
+class _MemoryRun:
+    """A sorted run held in RAM (the buffer)."""
+
+    def __init__(self, pos: np.ndarray, neg: np.ndarray):
+        self.parts = (pos, neg)
+
+    def span(self, which: int, lo_bin: int, hi_bin: int) -> Tuple[int, int]:
+        return _bin_span(self.parts[which], lo_bin, hi_bin)
+
+    def read(self, which: int, start: int, stop: int) -> np.ndarray:
+        return self.parts[which][start:stop]
+
+
+class _FileRun:
+    """A sorted run in the store's file, with the start offset of each of its non-empty coarse
+    bins kept in RAM (so slicing needs no search on disk) and slices read with plain reads (file
+    pages stay in the OS cache instead of this process's resident memory)."""
+
+    def __init__(self, store: "_RunStore", offset: int, pos: np.ndarray, neg: np.ndarray):
+        self.store = store
+        self.offsets = (offset, offset + len(pos))
+        self.sizes = (len(pos), len(neg))
+        self.bins = []
+        for keys in (pos, neg):
+            starts = np.searchsorted(keys, _BIN_STARTS)
+            ends = np.concatenate([starts[1:], [len(keys)]])
+            nonempty = np.flatnonzero(ends > starts)
+            self.bins.append((nonempty.astype(np.int32), starts[nonempty].astype(np.int64)))
+
+    def span(self, which: int, lo_bin: int, hi_bin: int) -> Tuple[int, int]:
+        nonempty, starts = self.bins[which]
+        i, j = np.searchsorted(nonempty, [lo_bin, hi_bin])
+        size = self.sizes[which]
+        return (int(starts[i]) if i < len(starts) else size), (int(starts[j]) if j < len(starts) else size)
+
+    def read(self, which: int, start: int, stop: int) -> np.ndarray:
+        return self.store.read(self.offsets[which] + start, stop - start)
+
+
+class _RunStore:
+    """Keys of both classes: a RAM buffer, and sorted runs in one temporary file beyond it.
+
+    The buffer is one uint32 array of ``buffer_bytes`` filled with anomaly keys from the front
+    and in-distribution keys from the back (pages are only resident once written); when a frame
+    does not fit, both parts are sorted in place and appended to the file as one run. RAM thus
+    stays at ``buffer_bytes`` and the file holds one run per ``buffer_bytes`` of keys.
     """
 
     def __init__(self, buffer_bytes: int, tmp_root: Optional[str]):
-        self.buffer_bytes = int(buffer_bytes)
+        self.capacity = max(0, int(buffer_bytes) // 4)
         self.tmp_root = tmp_root
-        self._buffer: Tuple[List[np.ndarray], List[np.ndarray]] = ([], [])
-        self._buffer_bytes = 0
-        self._memory_runs: List[Tuple[np.ndarray, np.ndarray]] = []
-        self._file_runs: List[Tuple[int, int, int]] = []  # (offset in keys, n_pos, n_neg)
+        self._buffer: Optional[np.ndarray] = None
+        self._num_pos = 0
+        self._num_neg = 0
+        self._file_runs: List[_FileRun] = []
         self._file_keys = 0
         self._path: Optional[str] = None
         self._handle = None
+        self._reader = None
         self._finalizer = None
 
     @property
     def memory_bytes(self) -> int:
-        return self._buffer_bytes + sum(p.nbytes + n.nbytes for p, n in self._memory_runs)
+        return 4 * (self._num_pos + self._num_neg)
 
     @property
     def disk_bytes(self) -> int:
         return 4 * self._file_keys
 
-    def add(self, pos_keys: np.ndarray, neg_keys: np.ndarray) -> None:
-        self._buffer[0].append(pos_keys)
-        self._buffer[1].append(neg_keys)
-        self._buffer_bytes += pos_keys.nbytes + neg_keys.nbytes
-        if self.memory_bytes > self.buffer_bytes:
-            self._seal_buffer()
-            self._spill()
+    def _parts(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self._buffer is None:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        return self._buffer[: self._num_pos], self._buffer[self.capacity - self._num_neg:]
 
-    def _seal_buffer(self) -> None:
-        """Sorts the buffer into one RAM run."""
-        if not self._buffer_bytes and not any(len(b) for b in self._buffer):
+    def add(self, pos_keys: np.ndarray, neg_keys: np.ndarray) -> None:
+        n_pos, n_neg = len(pos_keys), len(neg_keys)
+        if self._num_pos + self._num_neg + n_pos + n_neg > self.capacity:
+            self._flush()
+            if n_pos + n_neg > self.capacity:  # larger than the whole buffer: a run of its own
+                self._append_file_run(np.sort(pos_keys), np.sort(neg_keys))
+                return
+        if self._buffer is None:
+            self._buffer = np.empty(self.capacity, np.uint32)
+        self._buffer[self._num_pos: self._num_pos + n_pos] = pos_keys
+        self._num_pos += n_pos
+        self._buffer[self.capacity - self._num_neg - n_neg: self.capacity - self._num_neg] = neg_keys
+        self._num_neg += n_neg
+
+    def _flush(self) -> None:
+        """Sorts the buffer and appends it to the file as one run."""
+        if self._num_pos + self._num_neg == 0:
             return
-        runs = []
-        for parts in self._buffer:
-            run = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
-            run.sort()
-            runs.append(run)
-        self._buffer = ([], [])
-        self._buffer_bytes = 0
-        self._memory_runs.append((runs[0], runs[1]))
+        pos, neg = self._parts()
+        pos.sort()
+        neg.sort()
+        self._append_file_run(pos, neg)
+        self._num_pos = self._num_neg = 0
 
     def _open(self) -> None:
         if self._handle is None:
             fd, self._path = tempfile.mkstemp(prefix="rba_ood_keys_", suffix=".u32", dir=self.tmp_root)
             self._handle = os.fdopen(fd, "wb")
-            self._finalizer = weakref.finalize(self, _remove_file, self._handle, self._path)
+            self._open_files = [self._handle]  # the finalizer must not hold self
+            self._finalizer = weakref.finalize(self, _remove_file, self._open_files, self._path)
 
     def _append_file_run(self, pos: np.ndarray, neg: np.ndarray) -> None:
         self._open()
         for part in (pos, neg):
             self._handle.write(memoryview(np.ascontiguousarray(part, dtype=np.uint32)))
-        self._file_runs.append((self._file_keys, len(pos), len(neg)))
+        self._file_runs.append(_FileRun(self, self._file_keys, pos, neg))
         self._file_keys += len(pos) + len(neg)
 
-    def _spill(self) -> None:
-        for pos, neg in self._memory_runs:
-            self._append_file_run(pos, neg)
-        self._memory_runs = []
+    def read(self, offset: int, count: int) -> np.ndarray:
+        """``count`` keys of the file from key ``offset``."""
+        out = np.empty(count, np.uint32)
+        if count:
+            if self._reader is None:
+                self._handle.flush()
+                self._reader = open(self._path, "rb", buffering=0)
+                self._open_files.append(self._reader)
+            view = memoryview(out).cast("B")
+            done = 0
+            while done < len(view):  # raw reads may return less than asked
+                got = os.preadv(self._reader.fileno(), [view[done:]], 4 * offset + done)
+                if got <= 0:
+                    raise IOError(f"short read in {self._path}")
+                done += got
+        return out
 
-    def runs(self) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """Every sorted run as (anomaly keys, in-distribution keys), RAM arrays or read-only memmaps."""
-        self._seal_buffer()
-        out = []
+    def runs(self) -> list:
+        """Every sorted run (objects with ``span`` and ``read``): the file's runs and the buffer,
+        sorted in place (valid until the next :meth:`add`)."""
         if self._file_runs:
             self._handle.flush()
-            data = (np.memmap(self._path, dtype=np.uint32, mode="r", shape=(self._file_keys,)) if self._file_keys
-                    else np.zeros(0, np.uint32))  # numpy cannot map an empty file
-            for offset, n_pos, n_neg in self._file_runs:
-                out.append((data[offset: offset + n_pos], data[offset + n_pos: offset + n_pos + n_neg]))
-        out.extend(self._memory_runs)
+        out: list = list(self._file_runs)
+        if self._num_pos + self._num_neg:
+            pos, neg = self._parts()
+            pos.sort()  # in place; later frames are appended after it and sorted again with it
+            neg.sort()
+            out.append(_MemoryRun(pos, neg))
         return out
 
     def merge_from(self, other: "_RunStore") -> None:
-        """Appends a copy of ``other``'s keys (file runs copied in bounded chunks)."""
-        for parts, target in zip(other._buffer, self._buffer):
-            target.extend(p.copy() for p in parts)
-        self._buffer_bytes += other._buffer_bytes
-        for pos, neg in other._memory_runs:
-            self._memory_runs.append((pos.copy(), neg.copy()))
-        if other._file_runs:
-            other._handle.flush()
-            self._open()
-            base = self._file_keys
-            with open(other._path, "rb") as source:
-                shutil.copyfileobj(source, self._handle, 64 << 20)
-            self._file_runs.extend((base + offset, n_pos, n_neg) for offset, n_pos, n_neg in other._file_runs)
-            self._file_keys += other._file_keys
-        if self.memory_bytes > self.buffer_bytes:
-            self._seal_buffer()
-            self._spill()
+        """Appends a copy of ``other``'s keys (its file runs copied one at a time)."""
+        for run in other._file_runs:
+            pos = run.read(0, 0, run.sizes[0])
+            neg = run.read(1, 0, run.sizes[1])
+            self._append_file_run(pos, neg)
+            del pos, neg
+        pos, neg = other._parts()
+        if len(pos) + len(neg):
+            self.add(pos.copy(), neg.copy())
 
     def close(self) -> None:
-        self._buffer = ([], [])
-        self._buffer_bytes = 0
-        self._memory_runs = []
+        self._buffer = None
+        self._num_pos = self._num_neg = 0
         self._file_runs = []
         self._file_keys = 0
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
         self._handle = None
+        self._reader = None
         self._path = None
 
 
-def _remove_file(handle, path: str) -> None:
-    handle.close()
+def _remove_file(handles, path: str) -> None:
+    for handle in handles:
+        if handle is not None:
+            handle.close()
     if os.path.exists(path):
         os.remove(path)
 
@@ -269,22 +335,18 @@ def _plan_ranges(pos_coarse: np.ndarray, neg_coarse: np.ndarray, range_pixels: i
     return ranges
 
 
-def _slices(runs, lo_key: int, hi_key: int, which: int) -> List[np.ndarray]:
-    """Per run, the keys of class ``which`` (0 anomaly, 1 in-distribution) in [lo_key, hi_key)."""
-    out = []
-    # Needles of the runs' own dtype: mixed dtypes would make numpy cast (copy) the whole run.
-    needles = np.array([lo_key, min(hi_key, 0xFFFFFFFF)], dtype=np.uint32)
+def _slices(runs, lo_bin: int, hi_bin: int, which: int, chunk: Optional[int] = None):
+    """Per run, the keys of class ``which`` (0 anomaly, 1 in-distribution) in coarse bins
+    [lo_bin, hi_bin), in pieces of at most ``chunk`` keys (None: one piece per run)."""
     for run in runs:
-        keys = run[which]
-        a, b = np.searchsorted(keys, needles, side="left")
-        if hi_key > 0xFFFFFFFF:  # the top bin: its last key is the largest uint32
-            b = len(keys)
-        if b > a:
-            out.append(keys[a:b])
-    return out
+        a, b = run.span(which, lo_bin, hi_bin)
+        step = chunk or max(b - a, 1)
+        for start in range(a, b, step):
+            yield run.read(which, start, min(b, start + step))
 
 
-def _concat(parts: List[np.ndarray]) -> np.ndarray:
+def _concat(parts) -> np.ndarray:
+    parts = list(parts)
     return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
 
 
@@ -320,14 +382,14 @@ class ExactPixelAccumulator:
     (``bits`` = the float32 scores viewed as uint32), then
     ``update_keys(pos, neg, coarse_of(pos, neg))``; the caller rejects non-finite scores first
     (:meth:`non_finite` of the coarse histogram counts them). Memory: 1 MiB of histograms, the
-    key buffer (``buffer_bytes``, default 256 MiB; sorting it at a flush briefly doubles it) and,
+    key buffer (``buffer_bytes``, default 128 MiB, sorted in place) and,
     in :meth:`compute`, one range at a time (``range_pixels`` keys, default 2^22: tens of MiB);
     keys beyond the buffer sit in a temporary file (4 bytes per valid pixel) removed by
     :meth:`close`. Accumulators merge by :meth:`merge` (same process) or through ``gather`` in
     :meth:`compute` (across processes).
     """
 
-    def __init__(self, buffer_bytes: int = 256 << 20, range_pixels: int = 1 << 22, tmp_root: Optional[str] = None):
+    def __init__(self, buffer_bytes: int = 128 << 20, range_pixels: int = 1 << 22, tmp_root: Optional[str] = None):
         self.coarse = np.zeros((2, NUM_COARSE), dtype=np.int64)  # [0] anomaly, [1] in-distribution
         self.range_pixels = int(range_pixels)
         self.store = _RunStore(buffer_bytes, tmp_root)
@@ -365,29 +427,26 @@ class ExactPixelAccumulator:
 
     def _range_tables(self, runs, lo: int, hi: int, dense: bool, gather: Optional[Gather]):
         """(values, anomaly counts, tied negatives, negatives between) of keys in coarse [lo, hi)."""
-        lo_key, hi_key = lo << COARSE_SHIFT, hi << COARSE_SHIFT
         if dense:  # one coarse bin with more pixels than a range: a 65536-entry sub-histogram
             hists = np.zeros((2, NUM_COARSE), np.int64)
             for which in (0, 1):
-                for part in _slices(runs, lo_key, hi_key, which):
-                    for start in range(0, len(part), self.range_pixels):
-                        chunk = np.asarray(part[start: start + self.range_pixels]) & _SUB_MASK
-                        hists[which] += np.bincount(chunk, minlength=NUM_COARSE)
+                for part in _slices(runs, lo, hi, which, chunk=self.range_pixels):
+                    hists[which] += np.bincount(part & _SUB_MASK, minlength=NUM_COARSE)
             if gather is not None:
                 hists = np.sum(gather(hists), axis=0)
             sub = np.flatnonzero(hists[0])
-            values = (np.uint32(lo_key) + sub.astype(np.uint32)).astype(np.uint32)
+            values = (np.uint32(lo << COARSE_SHIFT) + sub.astype(np.uint32)).astype(np.uint32)
             neg = hists[1]
             below = np.concatenate([[0], np.cumsum(neg)])  # below[i] = negatives with sub-key < i
             edges = np.concatenate([[0], sub + 1])
             between = below[np.concatenate([sub, [NUM_COARSE]])] - below[edges]
             return values, hists[0][sub], neg[sub], between
-        pos = _concat(_slices(runs, lo_key, hi_key, 0))
+        pos = _concat(_slices(runs, lo, hi, 0))
         values, counts = np.unique(pos, return_counts=True)
         del pos
         if gather is not None:
             values, counts = _union_counts(gather((values, counts.astype(np.int64))))
-        negatives = _concat(_slices(runs, lo_key, hi_key, 1))
+        negatives = _concat(_slices(runs, lo, hi, 1))
         tie, between = _negatives_around(values, negatives)
         del negatives
         if gather is not None:
