@@ -156,7 +156,19 @@ class AnomalyMetrics:
         return narrow
 
     def update(self, score, label, frame: Optional[str] = None) -> None:
-        """Adds one frame (see class doc); ``score`` may be a tensor on any device."""
+        """Adds one frame.
+
+        Args:
+            score: H x W anomaly scores (numpy array or tensor on any device, any float or integer
+                dtype; higher = more anomalous).
+            label: H x W, 0 = in-distribution, 1 = anomaly, 255 = void (ignored).
+            frame: a name for messages; under "smiyc" frames are ordered by it (when every frame
+                has one), like the benchmark's sorted frame ids.
+        Raises:
+            ValueError: shapes differ or are not 2-D; a label value other than 0 / 1 / 255; a NaN
+                or infinite score on a valid pixel (after the cast to float32, or under "smiyc"
+                to float16), naming the frame.
+        """
         name = repr(frame) if frame is not None else f"#{self.num_frames}"
         score = to_numpy(score)
         label = _as_label(label)

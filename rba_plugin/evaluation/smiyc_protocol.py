@@ -37,6 +37,11 @@ Pinned where the official result is not determined:
 * ``np.quantile`` is called as is: its float16 interpolation gives identical edges with numpy
   1.23.3 and 1.26.4 (checked on random float16 data); other numpy versions may differ.
 * Frames without valid pixels are skipped (the official code raises on them).
+* Maps are evaluated at the label's resolution as given (``OODEvaluator`` up-samples smaller maps
+  bilinearly first); the official multi-process runner's own ``cv.resize`` of narrower maps is
+  not emulated.
+* Where the official aggregation divides by zero (no predicted component: PPV; no component at
+  all for some tau: F1) we return NaN with a warning instead of a ZeroDivisionError.
 """
 from __future__ import annotations
 
