@@ -83,7 +83,8 @@ def test_ood_evaluation_on_two_machines_equals_one_process(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = _train_net().main(default_argument_parser().parse_args(_eval_opts(weights, tmp_path / "one", "single_ood")))
+        args = default_argument_parser().parse_args(_eval_opts(weights, tmp_path / "one", "single_ood"))
+        one = _train_net().main(args)
     finally:
         torch.set_num_threads(threads)
     one = one["single_ood"]

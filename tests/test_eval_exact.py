@@ -264,5 +264,6 @@ def test_exact_best_threshold_drives_components():
     metrics = AnomalyMetrics(min_pred_size=5, min_gt_size=5)
     metrics.update(score, label)
     results = metrics.compute()
-    assert results["AP"] == 1.0 and results["component_threshold"] == float(np.nextafter(np.float32(0.7), np.float32(1)))
+    assert results["AP"] == 1.0
+    assert results["component_threshold"] == float(np.nextafter(np.float32(0.7), np.float32(1)))
     assert results["sIoU"] == 1.0 and results["PPV"] == 1.0 and results["mean_F1"] == 1.0

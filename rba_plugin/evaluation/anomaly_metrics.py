@@ -189,7 +189,8 @@ class AnomalyMetrics:
             neg = ExactPixelAccumulator.frame_keys(bits[flat_label == 0])
             coarse = ExactPixelAccumulator.coarse_of(pos, neg)
             if ExactPixelAccumulator.non_finite(coarse):
-                wide = "" if input_dtype.type in _FLOAT32_EXACT else f" (after rounding the {input_dtype} scores to float32)"
+                wide = ("" if input_dtype.type in _FLOAT32_EXACT
+                        else f" (after rounding the {input_dtype} scores to float32)")
                 self._raise_non_finite(score.ravel()[valid], name, wide)
             self.pixels.update_keys(pos, neg, coarse)
         else:

@@ -110,7 +110,8 @@ def smiyc_frame_bins(score16: np.ndarray, anomaly: np.ndarray, name: Optional[st
         if values.size:
             parts.append(np.quantile(values, np.linspace(0, 1, min(num_bins // 2, values.size))))
     edges = np.unique(np.concatenate(parts).astype(np.float64))
-    return SmiycFrameBins(name, edges[:-1], _bin_counts(pos, edges), _bin_counts(neg, edges), int(pos.size), int(neg.size))
+    return SmiycFrameBins(name, edges[:-1], _bin_counts(pos, edges), _bin_counts(neg, edges),
+                          int(pos.size), int(neg.size))
 
 
 def _ordered(frames: Sequence[SmiycFrameBins]) -> List[SmiycFrameBins]:

@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> None:
         large = child("exact", args.frames_large)
         verdict = "smoke: not measured" if args.smoke else "under" if large["peak_mib"] < 1024 else "OVER"
         print(f"eval exact pixel metrics, {args.frames_large} frames: {large['s']:8.2f} s  peak "
-              f"{large['peak_mib']:.1f} MiB added ({verdict} 1 GiB target; keys on disk {large['key_disk_mib']:.0f} MiB); "
+              f"{large['peak_mib']:.1f} MiB added ({verdict} 1 GiB target; keys on disk "
+              f"{large['key_disk_mib']:.0f} MiB); "
               f"whole process peak {large['process_peak_mib']:.0f} MiB (python, torch, detectron2, the "
               f"{args.distinct} source frames)")
