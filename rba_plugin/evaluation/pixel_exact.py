@@ -262,10 +262,11 @@ class _RunStore:
                 self._reader = open(self._path, "rb", buffering=0)
                 self._open_files.append(self._reader)
             view = memoryview(out).cast("B")
+            self._reader.seek(4 * offset)
             done = 0
             while done < len(view):  # raw reads may return less than asked
-                got = os.preadv(self._reader.fileno(), [view[done:]], 4 * offset + done)
-                if got <= 0:
+                got = self._reader.readinto(view[done:])
+                if not got:
                     raise IOError(f"short read in {self._path}")
                 done += got
         return out
