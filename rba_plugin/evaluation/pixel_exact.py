@@ -20,10 +20,10 @@ per-range value counts (:meth:`ExactPixelAccumulator.compute` with ``gather``).
 Why this design: a dense histogram over every float32 key would take 64 GiB; a 2^24-bin one is
 not exact; keeping scores in RAM (scikit-learn) grows without bound. Here the per-pixel state
 lives on disk and only the bins that can change AP / AUROC / FPR95 / F1 are ever read back.
-Measured (``python tools/benchmark.py eval``, 1024x2048 frames, shared 2-core machine): 82 ms
-per frame over 100 frames against 2.4 s per frame for scikit-learn (x30; identical values to
-1e-16), 35 ms per frame for the previous float16 histogram (AP off by 5e-4 on those frames);
-1000 frames in 61 s with 226 MiB peak memory added and 6.9 GB of keys on disk.
+Measured (``python tools/benchmark.py eval``, 1024x2048 frames, shared 2-core machine): 80 ms
+per frame over 100 frames against 2.7 s per frame for scikit-learn (x34; identical values to
+1e-16), 28 ms per frame for the previous float16 histogram (AP off by 5e-4 on those frames);
+1000 frames in 58 s with 226 MiB peak memory added and 6.9 GB of keys on disk.
 
 The formulas are scikit-learn's (``average_precision_score``: step rule over distinct thresholds;
 ``roc_auc_score``: trapezoid, i.e. ties count one half) and the Segment-Me-If-You-Can definitions
