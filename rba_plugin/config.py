@@ -282,11 +282,15 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     # OOD evaluation (rba_plugin.evaluation.OODEvaluator).
     cfg.TEST.OOD = CfgNode()
     cfg.TEST.OOD.WITH_COMPONENTS = True  # sIoU / PPV / mean F1 (needs a second pass over cached maps)
-    # Component threshold delta (prediction = score >= delta); None = best pixel F1 on the dataset.
+    # Component threshold delta (prediction = score >= delta, "smiyc": score > delta); None = best
+    # pixel F1 on the dataset.
     cfg.TEST.OOD.COMPONENT_THRESHOLD = None
     # [min predicted, min ground-truth] component sizes in pixels; [] = the dataset's track.
     cfg.TEST.OOD.COMPONENT_SIZES = []
-    cfg.TEST.OOD.CACHE_MEMORY_MB = 2048  # float16 score maps beyond this go to a temp directory
+    cfg.TEST.OOD.CACHE_MEMORY_MB = 2048  # cached score maps beyond this go to a temp directory
+    # "exact": metrics of the float32 scores, exactly; "smiyc": the official Segment-Me-If-You-Can
+    # code's numbers (float16 scores, per-frame percentile bins). docs/evaluation_protocols.md.
+    cfg.TEST.OOD.PROTOCOL = "exact"
     cfg.TEST.OOD.WRITE_CURVES = True  # PR / ROC PNGs and a JSON of the results in OUTPUT_DIR
 
 

@@ -1,6 +1,7 @@
 """OODEvaluator: results equal AnomalyMetrics / hand-computed mIoU, files written, distributed == single."""
 import json
 import os
+import socket
 import uuid
 
 import cv2
@@ -140,10 +141,43 @@ def test_config_form(tmp_path):
     assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, f"ood_{name}_pr.png"))
 
 
+def test_protocol_key_is_validated_and_smiyc_equals_direct_metrics(tmp_path):
+    name = make_dataset(str(tmp_path / "data"))
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    cfg.TEST.OOD.PROTOCOL = "official"
+    with pytest.raises(ValueError, match=r"TEST\.OOD\.PROTOCOL.*'official'"):
+        OODEvaluator(cfg, name)
+    cfg.TEST.OOD.PROTOCOL = "smiyc"
+    evaluator = OODEvaluator(cfg, name)
+    records = DatasetCatalog.get(name)
+    results = run_evaluator(evaluator, records)[name]
+    direct = AnomalyMetrics(min_pred_size=2, min_gt_size=2, protocol="smiyc")
+    for r in reversed(records):  # frames are ordered by name: arrival order does not matter
+        label = cv2.imread(r["anomaly_label_file"], cv2.IMREAD_UNCHANGED)
+        direct.update(fake_output(r)["ood_score"], label, frame=r["file_name"])
+    expected = direct.compute()
+    for key in ("AP", "AUROC", "FPR95", "sIoU", "PPV", "mean_F1"):
+        assert results[key] == pytest.approx(100 * expected[key], nan_ok=True), key
+    assert results["component_threshold"] == expected["component_threshold"]
+    with open(os.path.join(cfg.OUTPUT_DIR, f"ood_{name}.json")) as f:
+        assert json.load(f)["protocol"] == "smiyc"
+
+
+def test_float64_scores_reach_the_metrics_unrounded(tmp_path):
+    name = make_dataset(str(tmp_path / "data"))
+    evaluator = OODEvaluator(name, distributed=False, with_components=False)
+    record = DatasetCatalog.get(name)[0]
+    score = np.full((H, W), 0.5, np.float64)
+    score[5, 5] += 1e-12  # (a valid pixel) merges with 0.5 in float32: the accumulator must say so
+    with pytest.warns(RuntimeWarning, match="merged 1 distinct values"):
+        evaluator.process([record], [{"ood_score": torch.as_tensor(score)}])
+
+
 # ----------------------------------------------------------------------------- distributed
 
 
-def _distributed_main(data_root, name, result_file):
+def _distributed_main(data_root, name, result_file, protocol="exact"):
     from detectron2.utils import comm
 
     if name not in DatasetCatalog.list():
@@ -153,7 +187,7 @@ def _distributed_main(data_root, name, result_file):
                                  component_sizes=(2, 2))
     records = DatasetCatalog.get(name)
     mine = records[comm.get_rank():: comm.get_world_size()]  # interleaved shards
-    evaluator = OODEvaluator(name, distributed=True)
+    evaluator = OODEvaluator(name, distributed=True, protocol=protocol)
     evaluator.reset()
     for r in mine:
         evaluator.process([r], [fake_output(r)])
@@ -164,15 +198,18 @@ def _distributed_main(data_root, name, result_file):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("protocol", ["exact", "smiyc"])
+def test_two_processes_equal_one(tmp_path, protocol):
     from detectron2.engine import launch
 
     data_root = str(tmp_path / "data")
     name = make_dataset(data_root)
-    single = run_evaluator(OODEvaluator(name, distributed=False), DatasetCatalog.get(name))[name]
+    single = run_evaluator(OODEvaluator(name, distributed=False, protocol=protocol), DatasetCatalog.get(name))[name]
     result_file = str(tmp_path / "dist.json")
-    launch(_distributed_main, 2, dist_url="tcp://127.0.0.1:%d" % (29500 + os.getpid() % 1000),
-           args=(data_root, name, result_file))
+    with socket.socket() as s:  # a free port: the two parametrizations run back to back
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(_distributed_main, 2, dist_url=f"tcp://127.0.0.1:{port}", args=(data_root, name, result_file, protocol))
     with open(result_file) as f:
         dist = json.load(f)
     assert dist.keys() == single.keys()

@@ -43,7 +43,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     if evaluator_type == "ood":
         from ..evaluation import OODEvaluator  # imported lazily: only OOD datasets need it
 
-        return OODEvaluator(dataset_name, output_dir=output_folder, distributed=True)
+        # With the config: TEST.OOD (protocol, score keys, component settings) applies here too.
+        return OODEvaluator(cfg, dataset_name, output_dir=output_folder, distributed=True)
     raise NotImplementedError(
         f"no evaluator for dataset '{dataset_name}' with evaluator_type '{evaluator_type}' "
         "(supported: sem_seg, cityscapes_sem_seg, ood)"

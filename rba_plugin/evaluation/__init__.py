@@ -1,15 +1,17 @@
-"""Anomaly-segmentation evaluation: exact streaming SMIYC metrics, closed-set metrics and the
-Detectron2 evaluator."""
+"""Anomaly-segmentation evaluation: exact streaming SMIYC metrics, the official protocol,
+closed-set metrics and the Detectron2 evaluator."""
 from .anomaly_metrics import AnomalyMetrics
 from .components import TAUS, TRACK_SIZE_FILTERS, ComponentStats
 from .ood_evaluator import OODEvaluator
-from .pixel_histogram import PixelHistogram
+from .pixel_exact import ExactPixelAccumulator, PixelCurves, PixelResult
 from .sem_seg_metrics import UnknownIoU, confusion_matrix, incremental_miou, mean_iou, per_class_iou
 
 __all__ = [
     "AnomalyMetrics",
     "OODEvaluator",
-    "PixelHistogram",
+    "ExactPixelAccumulator",
+    "PixelCurves",
+    "PixelResult",
     "ComponentStats",
     "TAUS",
     "TRACK_SIZE_FILTERS",

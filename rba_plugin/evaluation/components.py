@@ -1,6 +1,6 @@
 """Component-level anomaly metrics of Segment-Me-If-You-Can: sIoU, PPV and mean F1.
 
-Per frame, the prediction ``score >= delta`` (void removed) and the ground-truth anomaly mask are
+Per frame, the prediction (``score >= delta`` in the exact protocol; void removed) and the ground-truth anomaly mask are
 split into 8-connected components; predicted components smaller than ``min_pred_size`` pixels are
 dropped, ground-truth components smaller than ``min_gt_size`` become void, and all counts are then
 taken over the remaining valid pixels. sIoU of a ground-truth component k is
@@ -45,15 +45,24 @@ def _drop_small(labels: np.ndarray, count: int, min_size: int) -> Tuple[np.ndarr
 
 
 def frame_component_scores(
-    prediction: np.ndarray, label: np.ndarray, min_pred_size: int, min_gt_size: int
+    prediction: np.ndarray, label: np.ndarray, min_pred_size: int, min_gt_size: int,
+    void_small_background: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """sIoU of every ground-truth component and PPV of every predicted component of one frame.
 
     Args:
         prediction: H x W bool, pixels predicted anomalous.
         label: H x W uint8 in the 0 / 1 / 255 convention.
+        min_pred_size / min_gt_size: size filters in pixels (see module doc).
+        void_small_background: the official code's size filter also visits label 0 of the
+            ground-truth component map (everything that is not a ground-truth anomaly, void
+            included) and voids it when it has fewer than ``min_gt_size`` pixels; True
+            reproduces that (protocol "smiyc"; it only matters on tiny or nearly all-anomaly frames).
     Returns:
-        (sIoU per kept ground-truth component, PPV per kept predicted component with valid pixels).
+        (sIoU per kept ground-truth component, PPV per kept predicted component with valid pixels),
+        float64 arrays in [0, 1].
+    Source: ``default_instancer`` and ``segment_metrics`` in road-anomaly-benchmark
+    ``metrics/instance_segmentation.py``.
     """
     if prediction.shape != label.shape:
         raise ValueError(f"prediction shape {prediction.shape} differs from label shape {label.shape}")
@@ -63,7 +72,7 @@ def frame_component_scores(
     gt_labels, n_gt = _components(label == 1)
     sizes = np.bincount(gt_labels.ravel(), minlength=n_gt + 1)
     small_gt = sizes < min_gt_size
-    small_gt[0] = False
+    small_gt[0] = void_small_background and sizes[0] < min_gt_size
     void = void | small_gt[gt_labels]  # small ground-truth objects become void
     gt_labels, _ = _drop_small(gt_labels, n_gt, min_gt_size)
 

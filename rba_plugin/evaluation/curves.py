@@ -1,4 +1,4 @@
-"""PR and ROC curve plots (PNG) from a pixel histogram, without touching matplotlib's global backend."""
+"""PR and ROC curve plots (PNG) of pixel operating points, without touching matplotlib's global backend."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..utils.atomic_write import atomic_open
-from .pixel_histogram import PixelHistogram
+from .pixel_exact import PixelCurves
 
 __all__ = ["write_curves"]
 
@@ -21,12 +21,14 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int = 4000):
     return x[keep], y[keep]
 
 
-def write_curves(histograms: Dict[str, PixelHistogram], results: Dict[str, Dict[str, float]], prefix: str) -> list:
+def write_curves(curves: Dict[str, PixelCurves], results: Dict[str, Dict[str, float]], prefix: str) -> list:
     """Writes ``<prefix>_pr.png`` and ``<prefix>_roc.png`` with one curve per score name.
 
-    Returns the written paths (none when no score has both anomaly and in-distribution pixels).
+    ``curves`` are operating points per score name (``PixelResult.curves``: the exact protocol's
+    points at its coarse bins, the SMIYC protocol's binned curve). Returns the written paths
+    (none when no score has both anomaly and in-distribution pixels).
     """
-    curves = {name: h.curves() for name, h in histograms.items() if h.num_pos > 0 and h.num_neg > 0}
+    curves = {name: c for name, c in curves.items() if c is not None and c.num_pos > 0 and c.num_neg > 0}
     if not curves:
         return []
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)

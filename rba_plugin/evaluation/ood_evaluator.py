@@ -18,11 +18,11 @@ from detectron2.utils import comm
 
 from ..data.anomaly_datasets import load_anomaly_label, load_sem_seg_label
 from ..utils.atomic_write import atomic_open
-from .anomaly_metrics import AnomalyMetrics, to_numpy
+from .anomaly_metrics import PROTOCOLS, AnomalyMetrics, to_numpy
 from .components import TRACK_SIZE_FILTERS, ComponentStats
 from .curves import write_curves
-from .pixel_histogram import PixelHistogram
-from .sem_seg_metrics import UnknownIoU, confusion_matrix, per_class_iou, mean_iou
+from .pixel_exact import PixelResult
+from .sem_seg_metrics import UnknownIoU, confusion_matrix, mean_iou, per_class_iou
 
 __all__ = ["OODEvaluator", "PRIMARY_SCORE"]
 
@@ -48,8 +48,14 @@ class OODEvaluator(DatasetEvaluator):
     open-set model's unknown-class prediction), "unknown_IoU" is the class-agnostic IoU of those
     pixels with the anomaly pixels (label 1, void excluded), pooled over the dataset. AP, AUROC, FPR95, F1s, sIoU, PPV and mIoU are percentages;
     "component_threshold" is the score threshold delta, FN_* / FP_* are component counts.
-    Histograms are summed over processes; each process runs the component pass on its own cached
-    maps at the common threshold, and the per-component values are gathered to the main process.
+
+    ``protocol`` (``TEST.OOD.PROTOCOL``): "exact" (default) evaluates the float32 scores exactly;
+    "smiyc" reproduces the official Segment-Me-If-You-Can numbers (float16 scores, per-frame
+    percentile bins); see :class:`AnomalyMetrics` and ``docs/evaluation_protocols.md``.
+    In distributed runs every process computes the pooled pixel metrics collectively
+    (coarse histograms and per-range value counts, or the SMIYC per-frame bins, are exchanged
+    with ``comm.all_gather``), then runs the component pass on its own cached maps at the common
+    threshold, and the per-component values are gathered to the main process.
     """
 
     @configurable
@@ -64,7 +70,11 @@ class OODEvaluator(DatasetEvaluator):
         component_sizes: Optional[Tuple[int, int]] = None,
         cache_memory_mb: float = 2048,
         write_curves: bool = True,
+        protocol: str = "exact",
     ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol (config key TEST.OOD.PROTOCOL) must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol = protocol
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.distributed = distributed
@@ -94,6 +104,7 @@ class OODEvaluator(DatasetEvaluator):
             "component_sizes": tuple(ood.COMPONENT_SIZES) if len(ood.COMPONENT_SIZES) else None,
             "cache_memory_mb": ood.CACHE_MEMORY_MB,
             "write_curves": ood.WRITE_CURVES,
+            "protocol": ood.PROTOCOL,
         }
 
     def reset(self) -> None:
@@ -114,6 +125,7 @@ class OODEvaluator(DatasetEvaluator):
             min_gt_size=self.component_sizes[1],
             with_components=self.with_components,
             cache_memory_bytes=self.cache_memory_bytes,
+            protocol=self.protocol,
         )
 
     def _scores_of(self, output: dict) -> Dict[str, torch.Tensor]:
@@ -131,11 +143,17 @@ class OODEvaluator(DatasetEvaluator):
 
     @staticmethod
     def _at_label_size(score, shape: Tuple[int, int]) -> np.ndarray:
-        """The H x W score as float32 numpy at the label's resolution (bilinear when it differs)."""
-        if tuple(score.shape[-2:]) != tuple(shape):
-            tensor = torch.as_tensor(to_numpy(score), dtype=torch.float32)[None, None]
-            score = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0]
-        return to_numpy(score).astype(np.float32, copy=False)
+        """The H x W score as numpy at the label's resolution (bilinear when it differs).
+
+        float64 scores stay float64 (AnomalyMetrics says what rounding them costs); the others are
+        interpolated in float32.
+        """
+        array = to_numpy(score)
+        if tuple(array.shape[-2:]) != tuple(shape):
+            dtype = torch.float64 if array.dtype == np.float64 else torch.float32
+            tensor = torch.as_tensor(array, dtype=dtype)[None, None]
+            array = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        return array if array.dtype == np.float64 else array.astype(np.float32, copy=False)
 
     def _full_record(self, record: dict) -> dict:
         """The input completed from the catalog: test mappers drop file keys (e.g. Detectron2's
@@ -158,7 +176,8 @@ class OODEvaluator(DatasetEvaluator):
             for name, score in self._scores_of(output).items():
                 if name not in self._metrics:
                     self._metrics[name] = self._new_metrics()
-                self._metrics[name].update(self._at_label_size(score, label.shape), label)
+                self._metrics[name].update(self._at_label_size(score, label.shape), label,
+                                           frame=record.get("file_name", record.get("image_id")))
             if UNKNOWN_MASK in output:
                 self._update_unknown(output[UNKNOWN_MASK], label)
             if "sem_seg" in output and record.get("sem_seg_file_name") and len(self.stuff_classes):
@@ -192,34 +211,30 @@ class OODEvaluator(DatasetEvaluator):
 
     # ------------------------------------------------------------------------- evaluate
 
-    def _gathered_histograms(self) -> Dict[str, PixelHistogram]:
+    def _score_names(self) -> List[str]:
+        """Evaluated score names, the same list in every process."""
         names = list(self._metrics)
         if not self.distributed or comm.get_world_size() == 1:
-            return {name: self._metrics[name].histogram for name in names}
-        all_names = comm.all_gather(names)
-        union = sorted(set().union(*all_names), key=lambda n: (n != PRIMARY_SCORE, n))
-        counts = comm.all_gather({n: self._metrics[n].histogram.counts for n in names})
-        merged = {}
-        for name in union:
-            histogram = PixelHistogram()
-            for part in counts:
-                if name in part:
-                    histogram.counts += part[name]
-            merged[name] = histogram
-        return merged
+            return names
+        return sorted(set().union(*comm.all_gather(names)), key=lambda n: (n != PRIMARY_SCORE, n))
 
     def evaluate(self):
-        histograms = self._gathered_histograms()
-        unknown_iou = self._gathered_unknown_iou()
+        names = self._score_names()
+        gather = comm.all_gather if self.distributed and comm.get_world_size() > 1 else None
+        pixel: Dict[str, PixelResult] = OrderedDict()
         component_stats: Dict[str, ComponentStats] = {}
         thresholds: Dict[str, Optional[float]] = {}
-        if self.with_components:
-            for name, histogram in histograms.items():
-                metrics = self._metrics.get(name) or self._new_metrics()
-                thresholds[name] = metrics.component_threshold(histogram)
+        for name in names:
+            if name not in self._metrics:  # this process saw no frame with this score
+                self._metrics[name] = self._new_metrics()
+            metrics = self._metrics[name]
+            pixel[name] = metrics.pixel_result(gather)  # collective when distributed
+            if self.with_components:
+                thresholds[name] = metrics.component_threshold(pixel[name])
                 component_stats[name] = (
                     metrics.component_stats(thresholds[name]) if thresholds[name] is not None else ComponentStats()
                 )
+        unknown_iou = self._gathered_unknown_iou()
         confusion = self._confusion
         has_sem_seg = self._has_sem_seg
         if self.distributed and comm.get_world_size() > 1:
@@ -235,8 +250,8 @@ class OODEvaluator(DatasetEvaluator):
             has_sem_seg = any(g[2] for g in gathered)
 
         per_score: Dict[str, Dict[str, float]] = OrderedDict()
-        for name, histogram in histograms.items():
-            values = histogram.metrics()
+        for name, result in pixel.items():
+            values = dict(result.metrics)
             if self.with_components:
                 threshold = thresholds[name]
                 values["component_threshold"] = float("nan") if threshold is None else threshold
@@ -252,7 +267,8 @@ class OODEvaluator(DatasetEvaluator):
             results[_UNKNOWN_IOU_KEY] = unknown_iou
         if has_sem_seg:
             results.update(self._miou(confusion))
-        self._write_outputs(histograms, per_score, results)
+        self._write_outputs({name: result.curves for name, result in pixel.items() if result.curves is not None},
+                            per_score, results)
         self.reset()
         return OrderedDict({self.dataset_name: results})
 
@@ -266,15 +282,16 @@ class OODEvaluator(DatasetEvaluator):
                 out[f"IoU-{name}"] = 100.0 * float(value)
         return out
 
-    def _write_outputs(self, histograms, per_score, results) -> None:
+    def _write_outputs(self, curves, per_score, results) -> None:
         if not self.output_dir:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         base = os.path.join(self.output_dir, f"ood_{self.dataset_name}")
         if self.write_curves:
-            write_curves(histograms, per_score, base)
+            write_curves(curves, per_score, base)
         # Written to a temporary name first so a crash never leaves half a JSON behind.
-        payload = {"dataset": self.dataset_name, "component_sizes": list(self.component_sizes),
+        payload = {"dataset": self.dataset_name, "protocol": self.protocol,
+                   "component_sizes": list(self.component_sizes),
                    "results": copy.deepcopy(dict(results))}
         with atomic_open(base + ".json", "w") as f:
             json.dump(payload, f, indent=2)

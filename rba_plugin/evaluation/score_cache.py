@@ -1,4 +1,4 @@
-"""Keeps per-frame float16 score maps and labels for the second (component) pass.
+"""Keeps per-frame score maps and labels for the second (component) pass.
 
 Component metrics need the pixel threshold, which is known only once every frame has been seen, so
 frames are cached: in memory up to a byte limit, then as .npy files in a private temporary
@@ -18,7 +18,8 @@ __all__ = ["ScoreMapCache"]
 
 
 class ScoreMapCache:
-    """Append-only store of (H x W float16 score, H x W uint8 label) pairs."""
+    """Append-only store of (H x W score, H x W uint8 label) pairs; scores keep their dtype
+    (float32 for the exact protocol, float16 for the SMIYC one)."""
 
     def __init__(self, memory_limit_bytes: int = 2 << 30, tmp_root: Optional[str] = None):
         self.memory_limit_bytes = int(memory_limit_bytes)
@@ -46,15 +47,15 @@ class ScoreMapCache:
         return self._tmp_dir
 
     def add(self, score: np.ndarray, label: np.ndarray) -> None:
-        score16 = np.ascontiguousarray(score, dtype=np.float16)
+        score = np.ascontiguousarray(score)
         label8 = np.ascontiguousarray(label, dtype=np.uint8)
-        size = score16.nbytes + label8.nbytes
+        size = score.nbytes + label8.nbytes
         if self._memory_bytes + size <= self.memory_limit_bytes:
-            self._frames.append((score16, label8))
+            self._frames.append((score, label8))
             self._memory_bytes += size
             return
         path = os.path.join(self._spill_dir(), f"{len(self._frames):07d}.npz")
-        np.savez(path, score=score16, label=label8)
+        np.savez(path, score=score, label=label8)
         self._frames.append(path)
 
     def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
