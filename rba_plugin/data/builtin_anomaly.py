@@ -42,8 +42,9 @@ def lost_and_found_label_map(non_hazard: str = "anomaly") -> Dict[int, int]:
 
 
 def register_lost_and_found(name: str, root: str = "lost_and_found", *, non_hazard: str = "anomaly",
-                            no_known: bool = False) -> None:
-    """Lost&Found test in the cityscapesScripts layout (SMIYC obstacle-track size filters)."""
+                            no_known: bool = False, **extra_metadata) -> None:
+    """Lost&Found test in the cityscapesScripts layout (SMIYC obstacle-track size filters);
+    ``extra_metadata`` goes into the dataset's metadata (e.g. ``smiyc_split``)."""
     register_anomaly_dataset(
         name,
         DatasetPath(f"{root}/leftImg8bit/test"),
@@ -56,6 +57,7 @@ def register_lost_and_found(name: str, root: str = "lost_and_found", *, non_haza
         layout=f"  {root}/leftImg8bit/test/<scene>/<frame>_leftImg8bit.png\n"
         f"  {root}/gtCoarse/test/<scene>/<frame>_gtCoarse_labelIds.png",
         laf_non_hazard=non_hazard,
+        **extra_metadata,
     )
 
 
@@ -83,6 +85,7 @@ def register_all_anomaly_benchmarks() -> None:
             label_suffix="_labels.png",
             label_map=IDENTITY_MAP,
             image_stem=_drop_fishyscapes_index,
+            smiyc_split="FishyLAFAnomaly-val",
             layout="  fishyscapes/fishyscapes_lostandfound/<NNNN>_<laf frame>_labels.png\n"
             "  fishyscapes/laf_images/<laf frame>_leftImg8bit.png  (copied from Lost&Found)",
         ),
@@ -102,6 +105,7 @@ def register_all_anomaly_benchmarks() -> None:
             label_suffix="_labels_semantic.png",
             label_map=IDENTITY_MAP,
             stem_filter=prefix_filter(include=("validation",)),
+            smiyc_split="AnomalyTrack-validation",
             layout="  SegmentMeIfYouCan/dataset_AnomalyTrack/images/validation<NNNN>.jpg\n"
             "  SegmentMeIfYouCan/dataset_AnomalyTrack/labels_masks/validation<NNNN>_labels_semantic.png",
         ),
@@ -116,6 +120,7 @@ def register_all_anomaly_benchmarks() -> None:
                 exclude=("validation_19",) + tuple(f"validation_{i}" for i in range(21, 30)),
             ),
             ood_track="obstacle",
+            smiyc_split="ObstacleTrack-validation",
             layout="  SegmentMeIfYouCan/dataset_ObstacleTrack/images/validation_<scene>_<N>.webp\n"
             "  SegmentMeIfYouCan/dataset_ObstacleTrack/labels_masks/validation_<scene>_<N>_labels_semantic.png",
         ),
@@ -125,8 +130,8 @@ def register_all_anomaly_benchmarks() -> None:
         if name not in registered:
             register_anomaly_dataset(name, **spec)
     for name, kwargs in (
-        ("lost_and_found_test", {}),
-        ("lost_and_found_test_noknown", {"no_known": True}),
+        ("lost_and_found_test", {"smiyc_split": "LostAndFound-test"}),
+        ("lost_and_found_test_noknown", {"no_known": True, "smiyc_split": "LostAndFound-testNoKnown"}),
         ("lost_and_found_test_nonhazard_inlier", {"non_hazard": "inlier"}),
     ):
         if name not in registered:
