@@ -38,9 +38,10 @@ def official_case(name: str, dtype=torch.float64) -> Tuple[float, Dict[str, torc
     inputs are created with ``requires_grad`` when the case records a gradient for them."""
     cases = _cases()
     case = cases[name]
-    inputs = case["inputs"]
-    while "see" in inputs:
-        inputs = cases[inputs["see"]]["inputs"]
+    inputs = dict(case["inputs"])
+    while "see" in inputs:  # shared inputs live in another case; own keys add to them
+        own = {k: v for k, v in inputs.items() if k != "see"}
+        inputs = {**cases[inputs["see"]]["inputs"], **own}
     grads = {k: torch.tensor(v, dtype=dtype) for k, v in case["grads"].items() if isinstance(v, list)}
     tensors = {}
     for key, value in inputs.items():
