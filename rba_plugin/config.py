@@ -147,10 +147,11 @@ def add_rba_config(cfg: CfgNode) -> None:
     Mask2Former (GAMBLER_*, PEBAL_*, SMOOTHNESS_*, SPARSITY_*), DenseHybrid (DENSE_HYBRID_*), the
     MODEL.FREEZE_* group (rba_plugin/modeling/meta_arch/mask_former.py) and OOD_SCORES /
     OOD_SCORE_SMOOTHING (aliases of MODEL.OOD.SCORES / SMOOTHING_KERNEL).
+    Keys marked "(ours)" are the plugin's (forms and options of those losses).
     Refused when set (not implemented): MATCHER = "FixedMatcher", USE_POINT_REND and
-    SOLVER.FORCE_REGION_PARTITION. Accepted but not acted on: SMOOTHNESS_SCORE, PEBAL_REWARD (used by
-    PEBAL's code only for empty inputs), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the WANDB
-    keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
+    SOLVER.FORCE_REGION_PARTITION. Accepted but not acted on: PEBAL_REWARD (used by RbA's code
+    only for empty inputs, which never occur), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the
+    WANDB keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
     """
     # --- outlier supervision (RbA's loss; loss terms of rba_plugin/modeling/loss_terms/) ---
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
@@ -163,16 +164,30 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0
+    # (ours) "official": the outlier losses as RbA's criterion.py computes them (batch means, 0.5 on
+    # batches with outlier pixels, Table 4's losses as coded); "paper": Eqs. 6, 8-11 (outlier-pixel
+    # means, no 0.5). README: "Losses: official code and papers".
+    cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_FORM = "official"
     # --- anomaly scores at inference: aliases of MODEL.OOD.SCORES and of MODEL.OOD.SMOOTHING_KERNEL
     # 7 (rba_plugin.modeling.ood.resolve_score_config); empty / False = not set here.
     cfg.MODEL.MASK_FORMER.OOD_SCORES = []
     cfg.MODEL.MASK_FORMER.OOD_SCORE_SMOOTHING = False
-    # PEBAL inside Mask2Former (RbA paper appendix C.3): energy hinge margins and weight beta.
+    # (ours) PEBAL inside Mask2Former, PEBAL_FORM "paper" only (RbA paper appendix C.3): the energy
+    # hinge's margins and weight beta (officially the hinge is the outlier loss on the energy).
     cfg.MODEL.MASK_FORMER.PEBAL_M_IN = -3.5
     cfg.MODEL.MASK_FORMER.PEBAL_M_OUT = -2.5
     cfg.MODEL.MASK_FORMER.PEBAL_ENERGY_WEIGHT = 0.1
-    # DenseHybrid inside Mask2Former: beta1 of the outlier head's CE (DENSE_HYBRID_BETA is beta2).
-    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_WEIGHT = 0.3
+    # (ours) DenseHybrid inside Mask2Former: beta1 of the outlier head's CE (DENSE_HYBRID_BETA is
+    # beta2); None = 10 x DENSE_HYBRID_BETA, as RbA's code; the paper's appendix states 0.3.
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_WEIGHT = None
+    # (ours) kernel of the outlier head's conv: 1 (RbA's code, BatchNorm momentum 0.01) or 3 (paper).
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_KERNEL = 1
+    # (ours) "official" (RbA's loss_densehybrid) or "paper" (appendix C.3: +sg, head CE on non-void).
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_FORM = "official"
+    # (ours) PEBAL inside Mask2Former: "official" (RbA's loss_gambler / smoothness / sparsity, the
+    # hinge through the outlier loss on the energy) or "paper" (appendix C.3, with PEBAL_M_IN /
+    # PEBAL_M_OUT / PEBAL_ENERGY_WEIGHT).
+    cfg.MODEL.MASK_FORMER.PEBAL_FORM = "official"
     # --- PEBAL / DenseHybrid variants inside Mask2Former (they replace the class/mask losses) ---
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6
