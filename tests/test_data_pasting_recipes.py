@@ -19,7 +19,7 @@ from detectron2.data import DatasetCatalog
 
 import rba_plugin.data.outlier_paste as outlier_paste
 from rba_plugin.config import get_cfg
-from rba_plugin.data import OutlierPaster, list_outlier_pool, register_outlier_pool, select_proxy_subset
+from rba_plugin.data import OutlierPaster, register_outlier_pool, select_proxy_subset
 from rba_plugin.data.dataset_mappers import build_train_mapper
 
 from .conftest import REPO_ROOT
@@ -326,7 +326,8 @@ def test_per_epoch_subset_is_redrawn_each_epoch_deterministically(data, monkeypa
     assert subsets == [[r["outlier_mask_file"] for r in again.proxy_for_epoch(e)] for e in range(4)]  # ... seeded
     other = OutlierPaster(whole_scene_cfg(data, "INPUT.OOD_PROXY_POLICY", "per_epoch", "INPUT.OOD_PROXY_SEED", "6"))
     assert subsets != [[r["outlier_mask_file"] for r in other.proxy_for_epoch(e)] for e in range(4)]
-    assert subsets[0] == [r["outlier_mask_file"] for r in select_proxy_subset(DatasetCatalog.get(data["small"]), 4, (5, 0))]
+    pool = DatasetCatalog.get(data["small"])
+    assert subsets[0] == [r["outlier_mask_file"] for r in select_proxy_subset(pool, 4, (5, 0))]
 
     # One process of world_size sees 1 / world_size of an epoch's samples.
     per_epoch = TRAIN_IMAGES // world_size

@@ -142,12 +142,16 @@ class OutlierPaster:
         if proxy_policy not in PROXY_POLICIES:
             raise ValueError(f"INPUT.OOD_PROXY_POLICY must be one of {PROXY_POLICIES}, got '{proxy_policy}'")
         if proxy_policy == "per_epoch" and int(epoch_length) < 1:
-            raise ValueError(f"INPUT.OOD_PROXY_EPOCH_LENGTH must be >= 1 for the per_epoch proxy policy, got {epoch_length}")
+            raise ValueError(
+                f"INPUT.OOD_PROXY_EPOCH_LENGTH must be >= 1 for the per_epoch proxy policy, got {epoch_length}"
+            )
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"INPUT.OOD_SCALE_MODE must be one of {SCALE_MODES}, got '{scale_mode}'")
         factors = tuple(float(f) for f in scale_factors)
         if not factors or not all(np.isfinite(f) and f > 0 for f in factors):
-            raise ValueError(f"INPUT.OOD_SCALE_FACTORS must be a non-empty list of positive factors, got {list(scale_factors)}")
+            raise ValueError(
+                f"INPUT.OOD_SCALE_FACTORS must be a non-empty list of positive factors, got {list(scale_factors)}"
+            )
         low, high = scale_range
         if not 0 < low <= high <= 1:
             raise ValueError(f"INPUT.OOD_SCALE_RANGE must satisfy 0 < low <= high <= 1, got {tuple(scale_range)}")
@@ -289,7 +293,8 @@ class OutlierPaster:
         # Resize colour premultiplied by the mask so the object's edge does not take on the colour
         # of the pool image's background (the official codes resize the whole pool image).
         weight = mask.astype(np.float32)
-        weighted = cv2.resize(rgb.astype(np.float32) * weight[..., None], (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        weighted = cv2.resize(rgb.astype(np.float32) * weight[..., None], (new_w, new_h),
+                              interpolation=cv2.INTER_LINEAR)
         weight = cv2.resize(weight, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         mask = weight >= 0.5
         if not mask.any():  # an object shrunk below one pixel keeps its strongest pixel
