@@ -280,7 +280,7 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     cfg.INPUT.OUTLIER_POOL = "coco_outliers"
     cfg.INPUT.OOD_PROXY_SEED = 0  # seed of the proxy subset: the same on every rank and run
     # The defaults below are RbA's recipe (its "COCO mix" mapper); each method's config sets its
-    # own (README "Outlier pasting"; the official recipes: PEBAL and RPL configs in configs/*/pixel).
+    # own (README "Outlier pasting"; PEBAL and RPL: configs/cityscapes/pixel).
     # When the mapper pastes: "before_augmentation" (RbA, PEBAL: on the full-resolution image,
     # then resize, crop, colour jitter and flip act on image and object together, so the object
     # is rescaled and may be cut or cropped out), "after_crop" (RPL: right after the random crop,

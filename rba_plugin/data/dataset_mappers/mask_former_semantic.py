@@ -25,7 +25,7 @@ __all__ = ["MaskFormerSemanticDatasetMapper", "PasteFunction", "build_semantic_t
 logger = logging.getLogger(__name__)
 
 # paster(image H x W x 3 uint8, sem_seg H x W, rng) -> (image, sem_seg); pasted pixels get OOD_LABEL.
-# sem_seg is float64 before the last augmentation (Detectron2 resizes label maps as floats).
+# sem_seg arrives as float64 at every stage (Detectron2 resizes label maps as floats).
 PasteFunction = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 
 # Augmentations after which the "after_crop" paste stage runs.
