@@ -50,6 +50,9 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     # SSD-style photometric distortion (brightness, contrast, saturation, hue) in training.
     cfg.INPUT.COLOR_AUG_SSD = False
+    # Probability of the INPUT.RANDOM_FLIP flip in training (Detectron2's RandomFlip(prob=...);
+    # Mask2Former and RbA 0.5, PEBAL and RPL 0.8).
+    cfg.INPUT.RANDOM_FLIP_PROB = 0.5
     # Random crops are retried until no single category covers more than this fraction
     # (also defined by add_deeplab_config; set here so this function stands alone).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
@@ -291,8 +294,27 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     # tools/prepare_coco_outliers.py), "synthcity_outliers" is the synthetic benchmark's pool.
     cfg.INPUT.OUTLIER_POOL = "coco_outliers"
     cfg.INPUT.OOD_PROXY_SEED = 0  # seed of the proxy subset: the same on every rank and run
-    # Pasted object's longer side as a fraction of the crop's shorter side, drawn uniformly.
+    # The defaults below are RbA's recipe (its "COCO mix" mapper); each method's config sets its
+    # own (README "Outlier pasting"; PEBAL and RPL: configs/cityscapes/pixel).
+    # When the mapper pastes: "before_augmentation" (RbA, PEBAL: on the full-resolution image,
+    # then resize, crop, colour jitter and flip act on image and object together, so the object
+    # is rescaled and may be cut or cropped out), "after_crop" (RPL: right after the random crop,
+    # so the object always lies inside the crop) or "final_crop" (after every augmentation).
+    cfg.INPUT.OOD_PASTE_STAGE = "before_augmentation"
+    # Object size: "native" (the pool image's own scale, RbA / PEBAL), "factors" (resized by a
+    # factor drawn uniformly from OOD_SCALE_FACTORS; repeats weigh, RPL) or "range" (longer side
+    # = U(OOD_SCALE_RANGE) x the target image's shorter side).
+    cfg.INPUT.OOD_SCALE_MODE = "native"
+    cfg.INPUT.OOD_SCALE_FACTORS = [0.25, 0.5, 0.5, 0.75, 0.1, 0.125]  # RPL's ood_train_scale_array
     cfg.INPUT.OOD_SCALE_RANGE = (0.1, 0.5)
+    # An object larger than the image it goes into: "skip" (no paste, as RbA) or "shrink" to fit.
+    # Placement is always a uniform top-left corner with the object's box inside the image.
+    cfg.INPUT.OOD_OVERSIZE = "skip"
+    # Proxy subset: "fixed" for the whole run (RbA) or "per_epoch": redrawn, seeded with
+    # (OOD_PROXY_SEED, epoch), every OOD_PROXY_EPOCH_LENGTH samples over all processes (PEBAL,
+    # RPL; 0 = one pass over DATASETS.TRAIN). Either way every rank draws from the same subset.
+    cfg.INPUT.OOD_PROXY_POLICY = "fixed"
+    cfg.INPUT.OOD_PROXY_EPOCH_LENGTH = 0
 
     # OOD evaluation (rba_plugin.evaluation.OODEvaluator).
     cfg.TEST.OOD = CfgNode()
