@@ -172,10 +172,13 @@ def test_configs_set_each_methods_recipe():
                 rpl.RANDOM_FLIP_PROB, tuple(rpl.MIN_SIZE_TRAIN)) == ("after_crop", "factors", 1.0, 2975, "per_epoch",
                                                                      0.8, (1024,))
         assert sorted(rpl.OOD_SCALE_FACTORS) == [0.1, 0.125, 0.25, 0.5, 0.5, 0.75]
-    for path in (VCA, "configs/synthcity/pixel/vca.yaml",
-                 "configs/synthcity/mask2former/maskformer2_R18_1dl_rba_finetune.yaml"):
-        kept = load(path)  # no official recipe (VCA) / the demo's measured recipe (synthetic Mask2Former)
+    for path in (VCA, "configs/synthcity/pixel/vca.yaml"):
+        kept = load(path)  # no official recipe (VCA)
         assert (kept.OOD_PASTE_STAGE, kept.OOD_SCALE_MODE, kept.OOD_OVERSIZE) == ("final_crop", "range", "shrink")
+    # The synthetic Mask2Former fine-tunes paste as RbA (its stage and native scale).
+    for name in ("rba", "pebal", "densehybrid"):
+        m2f = load(f"configs/synthcity/mask2former/maskformer2_R18_1dl_{name}_finetune.yaml")
+        assert (m2f.OOD_PASTE_STAGE, m2f.OOD_SCALE_MODE, m2f.OOD_OVERSIZE) == ("before_augmentation", "native", "skip")
 
 
 # ---------------------------------------------------------------- share of samples with an outlier
