@@ -50,6 +50,9 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     # SSD-style photometric distortion (brightness, contrast, saturation, hue) in training.
     cfg.INPUT.COLOR_AUG_SSD = False
+    # Probability of the INPUT.RANDOM_FLIP flip in training (Detectron2's RandomFlip(prob=...);
+    # Mask2Former and RbA 0.5, PEBAL and RPL 0.8).
+    cfg.INPUT.RANDOM_FLIP_PROB = 0.5
     # Random crops are retried until no single category covers more than this fraction
     # (also defined by add_deeplab_config; set here so this function stands alone).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
@@ -147,10 +150,11 @@ def add_rba_config(cfg: CfgNode) -> None:
     Mask2Former (GAMBLER_*, PEBAL_*, SMOOTHNESS_*, SPARSITY_*), DenseHybrid (DENSE_HYBRID_*), the
     MODEL.FREEZE_* group (rba_plugin/modeling/meta_arch/mask_former.py) and OOD_SCORES /
     OOD_SCORE_SMOOTHING (aliases of MODEL.OOD.SCORES / SMOOTHING_KERNEL).
+    Keys marked "(ours)" are the plugin's (forms and options of those losses).
     Refused when set (not implemented): MATCHER = "FixedMatcher", USE_POINT_REND and
-    SOLVER.FORCE_REGION_PARTITION. Accepted but not acted on: SMOOTHNESS_SCORE, PEBAL_REWARD (used by
-    PEBAL's code only for empty inputs), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the WANDB
-    keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
+    SOLVER.FORCE_REGION_PARTITION. Accepted but not acted on: PEBAL_REWARD (used by RbA's code
+    only for empty inputs, which never occur), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the
+    WANDB keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
     """
     # --- outlier supervision (RbA's loss; loss terms of rba_plugin/modeling/loss_terms/) ---
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
@@ -163,16 +167,30 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0
+    # (ours) "official": the outlier losses as RbA's criterion.py computes them (batch means, 0.5 on
+    # batches with outlier pixels, Table 4's losses as coded); "paper": Eqs. 6, 8-11 (outlier-pixel
+    # means, no 0.5). README: "Losses: official code and papers".
+    cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_FORM = "official"
     # --- anomaly scores at inference: aliases of MODEL.OOD.SCORES and of MODEL.OOD.SMOOTHING_KERNEL
     # 7 (rba_plugin.modeling.ood.resolve_score_config); empty / False = not set here.
     cfg.MODEL.MASK_FORMER.OOD_SCORES = []
     cfg.MODEL.MASK_FORMER.OOD_SCORE_SMOOTHING = False
-    # PEBAL inside Mask2Former (RbA paper appendix C.3): energy hinge margins and weight beta.
+    # (ours) PEBAL inside Mask2Former, PEBAL_FORM "paper" only (RbA paper appendix C.3): the energy
+    # hinge's margins and weight beta (officially the hinge is the outlier loss on the energy).
     cfg.MODEL.MASK_FORMER.PEBAL_M_IN = -3.5
     cfg.MODEL.MASK_FORMER.PEBAL_M_OUT = -2.5
     cfg.MODEL.MASK_FORMER.PEBAL_ENERGY_WEIGHT = 0.1
-    # DenseHybrid inside Mask2Former: beta1 of the outlier head's CE (DENSE_HYBRID_BETA is beta2).
-    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_WEIGHT = 0.3
+    # (ours) DenseHybrid inside Mask2Former: beta1 of the outlier head's CE (DENSE_HYBRID_BETA is
+    # beta2); None = 10 x DENSE_HYBRID_BETA, as RbA's code; the paper's appendix states 0.3.
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_WEIGHT = None
+    # (ours) kernel of the outlier head's conv: 1 (RbA's code, BatchNorm momentum 0.01) or 3 (paper).
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_KERNEL = 1
+    # (ours) "official" (RbA's loss_densehybrid) or "paper" (appendix C.3: +sg, head CE on non-void).
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_FORM = "official"
+    # (ours) PEBAL inside Mask2Former: "official" (RbA's loss_gambler / smoothness / sparsity, the
+    # hinge through the outlier loss on the energy) or "paper" (appendix C.3, with PEBAL_M_IN /
+    # PEBAL_M_OUT / PEBAL_ENERGY_WEIGHT).
+    cfg.MODEL.MASK_FORMER.PEBAL_FORM = "official"
     # --- PEBAL / DenseHybrid variants inside Mask2Former (they replace the class/mask losses) ---
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6
@@ -276,8 +294,27 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     # tools/prepare_coco_outliers.py), "synthcity_outliers" is the synthetic benchmark's pool.
     cfg.INPUT.OUTLIER_POOL = "coco_outliers"
     cfg.INPUT.OOD_PROXY_SEED = 0  # seed of the proxy subset: the same on every rank and run
-    # Pasted object's longer side as a fraction of the crop's shorter side, drawn uniformly.
+    # The defaults below are RbA's recipe (its "COCO mix" mapper); each method's config sets its
+    # own (README "Outlier pasting"; PEBAL and RPL: configs/cityscapes/pixel).
+    # When the mapper pastes: "before_augmentation" (RbA, PEBAL: on the full-resolution image,
+    # then resize, crop, colour jitter and flip act on image and object together, so the object
+    # is rescaled and may be cut or cropped out), "after_crop" (RPL: right after the random crop,
+    # so the object always lies inside the crop) or "final_crop" (after every augmentation).
+    cfg.INPUT.OOD_PASTE_STAGE = "before_augmentation"
+    # Object size: "native" (the pool image's own scale, RbA / PEBAL), "factors" (resized by a
+    # factor drawn uniformly from OOD_SCALE_FACTORS; repeats weigh, RPL) or "range" (longer side
+    # = U(OOD_SCALE_RANGE) x the target image's shorter side).
+    cfg.INPUT.OOD_SCALE_MODE = "native"
+    cfg.INPUT.OOD_SCALE_FACTORS = [0.25, 0.5, 0.5, 0.75, 0.1, 0.125]  # RPL's ood_train_scale_array
     cfg.INPUT.OOD_SCALE_RANGE = (0.1, 0.5)
+    # An object larger than the image it goes into: "skip" (no paste, as RbA) or "shrink" to fit.
+    # Placement is always a uniform top-left corner with the object's box inside the image.
+    cfg.INPUT.OOD_OVERSIZE = "skip"
+    # Proxy subset: "fixed" for the whole run (RbA) or "per_epoch": redrawn, seeded with
+    # (OOD_PROXY_SEED, epoch), every OOD_PROXY_EPOCH_LENGTH samples over all processes (PEBAL,
+    # RPL; 0 = one pass over DATASETS.TRAIN). Either way every rank draws from the same subset.
+    cfg.INPUT.OOD_PROXY_POLICY = "fixed"
+    cfg.INPUT.OOD_PROXY_EPOCH_LENGTH = 0
 
     # OOD evaluation (rba_plugin.evaluation.OODEvaluator).
     cfg.TEST.OOD = CfgNode()

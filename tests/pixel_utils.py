@@ -35,8 +35,12 @@ def tiny_pixel_cfg(method: str = "ClosedSet", num_classes: int = 4):
     return cfg
 
 
-def tiny_batch(n: int = 2, h: int = 64, w: int = 64, num_classes: int = 4, with_outliers: bool = True, seed: int = 0):
+def tiny_batch(n: int = 2, h: int = 64, w: int = 64, num_classes: int = 4, with_outliers: bool = True, seed: int = 0,
+               raw_outliers: bool = False):
+    """``n`` random images with labels (void top rows, a pasted 254 box with ``with_outliers``);
+    ``raw_outliers`` adds CoroCL's "outlier_image" / "outlier_sem_seg" (254 box on background 0)."""
     g = torch.Generator().manual_seed(seed)
+    raw_g = torch.Generator().manual_seed(10_000 + seed)  # its own stream: the images stay the same
     batch = []
     for i in range(n):
         image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
@@ -44,7 +48,13 @@ def tiny_batch(n: int = 2, h: int = 64, w: int = 64, num_classes: int = 4, with_
         sem[:4] = 255
         if with_outliers:
             sem[20:36, 20 + 4 * i : 40 + 4 * i] = 254
-        batch.append({"image": image, "sem_seg": sem, "height": h, "width": w})
+        item = {"image": image, "sem_seg": sem, "height": h, "width": w}
+        if raw_outliers:
+            item["outlier_image"] = torch.randint(0, 256, (3, h, w), generator=raw_g, dtype=torch.uint8)
+            raw_sem = torch.zeros(h, w, dtype=torch.long)
+            raw_sem[h // 4: h // 2, w // 4: w // 2 + 4 * i] = 254
+            item["outlier_sem_seg"] = raw_sem
+        batch.append(item)
     return batch
 
 

@@ -50,7 +50,7 @@ def test_paste_rate_matches_probability(tmp_path):
 
 def test_labels_only_object_pixels_change(tmp_path):
     pool = write_pool(str(tmp_path))
-    paster = OutlierPaster(pool, probability=1.0, proxy_size=12, seed=0, scale_range=(0.3, 0.6))
+    paster = OutlierPaster(pool, probability=1.0, proxy_size=12, seed=0, scale_mode="range", scale_range=(0.3, 0.6))
     image, sem = scene()
     for seed in range(20):
         new_image, new_sem = paster(image, sem, np.random.default_rng(seed))
@@ -96,16 +96,17 @@ def test_from_config_with_a_registered_pool(tmp_path):
     cfg.INPUT.FORMAT = "RGB"
     paster = OutlierPaster(cfg)
     assert len(paster.proxy) == 3 and paster.probability == 1.0 and paster.ood_label == 254
-    rgb, mask = paster.object(0)
+    rgb, mask = paster.object(paster.proxy[0])
     assert (rgb[mask][:, 2] == 200).all()  # RGB order honoured (written as BGR by OpenCV)
     cfg.INPUT.FORMAT = "BGR"
-    assert (OutlierPaster(cfg).object(0)[0][..., 0][mask] == 200).all()
+    bgr_paster = OutlierPaster(cfg)
+    assert (bgr_paster.object(bgr_paster.proxy[0])[0][..., 0][mask] == 200).all()
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="empty"):
         OutlierPaster([], probability=0.1)
-    with pytest.raises(ValueError, match="scale range"):
+    with pytest.raises(ValueError, match="OOD_SCALE_RANGE"):
         OutlierPaster([{"outlier_mask_file": "x", "file_name": "y"}], scale_range=(0.5, 0.2))
 
 

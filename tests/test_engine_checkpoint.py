@@ -213,7 +213,7 @@ def test_fine_tune_configs_initialise_from_a_closed_set_checkpoint(tmp_path, met
 
 
 def test_mask2former_densehybrid_fine_tuning_initialises_from_closed_set(tmp_path):
-    # RbA's DenseHybrid variant adds sem_seg_head.outlier_head to the closed-set Mask2Former.
+    # RbA's DenseHybrid variant adds sem_seg_head.predictor.ood_pred to the closed-set Mask2Former.
     def m2f_cfg(*opts):
         cfg = get_cfg()
         cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"))
@@ -225,12 +225,42 @@ def test_mask2former_densehybrid_fine_tuning_initialises_from_closed_set(tmp_pat
     cfg = m2f_cfg("MODEL.MASK_FORMER.DENSE_HYBRID_LOSS", "True", "MODEL.OOD.SCORES", "['densehybrid']",
                   "MODEL.WEIGHTS", path)
     model = build_model(cfg)
-    assert model.newly_initialized_prefixes == ("sem_seg_head.outlier_head.",)
+    assert model.newly_initialized_prefixes == ("sem_seg_head.predictor.ood_pred.",)
     SafeCheckpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in closed.state_dict().items())
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)missing in the checkpoint \(6\).*sem_seg_head.outlier_head.conv.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)missing in the checkpoint \(6\).*sem_seg_head.predictor.ood_pred.conv.weight"):
         SafeCheckpointer(cfg, build_model(cfg), allow_new_modules=False).load(path)
     assert build_model(m2f_cfg()).newly_initialized_prefixes == ()  # the closed-set model adds nothing
+
+
+def test_densehybrid_head_has_rbas_keys_and_earlier_checkpoints_load_renamed(tmp_path):
+    # RbA's decoder holds DenseHybrid's head as ood_pred = BNReluConv(256, 2, k=1, bias=True):
+    # keys norm.* (BatchNorm, momentum 0.01) and conv.weight / conv.bias.
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"))
+    cfg.merge_from_list(["MODEL.MASK_FORMER.DENSE_HYBRID_LOSS", "True", "MODEL.OOD.SCORES", "['densehybrid']"])
+    model = build_model(cfg)
+    head = {k: tuple(v.shape) for k, v in model.state_dict().items() if ".ood_pred." in k}
+    dim = cfg.MODEL.SEM_SEG_HEAD.MASK_DIM
+    assert head == {
+        "sem_seg_head.predictor.ood_pred.norm.weight": (dim,), "sem_seg_head.predictor.ood_pred.norm.bias": (dim,),
+        "sem_seg_head.predictor.ood_pred.norm.running_mean": (dim,),
+        "sem_seg_head.predictor.ood_pred.norm.running_var": (dim,),
+        "sem_seg_head.predictor.ood_pred.norm.num_batches_tracked": (),
+        "sem_seg_head.predictor.ood_pred.conv.weight": (2, dim, 1, 1), "sem_seg_head.predictor.ood_pred.conv.bias": (2,),
+    }
+    assert model.sem_seg_head.predictor.ood_pred.norm.momentum == 0.01
+    # A checkpoint of the plugin's earlier layout (sem_seg_head.outlier_head.*) loads into it.
+    trained = build_model(cfg)
+    with torch.no_grad():
+        trained.sem_seg_head.predictor.ood_pred.conv.weight.normal_()
+    old_layout = {k.replace("sem_seg_head.predictor.ood_pred.", "sem_seg_head.outlier_head."): v
+                  for k, v in trained.state_dict().items()}
+    path = tmp_path / "old_layout.pth"
+    torch.save({"model": old_layout}, path)
+    SafeCheckpointer(cfg, model, allow_new_modules=False).load(str(path))
+    assert torch.equal(model.sem_seg_head.predictor.ood_pred.conv.weight,
+                       trained.sem_seg_head.predictor.ood_pred.conv.weight)
 
 
 @pytest.mark.parametrize("fixture_name", ["m2f_swin_micro_rba_seed7.pt", "m2f_swin_micro_3level_seed11.pt"])

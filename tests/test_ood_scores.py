@@ -18,10 +18,10 @@ def softmax(values):
 
 
 def test_registered_names():
-    assert available_scores() == ["densehybrid", "energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "raml", "rba",
-                                  "unknown_probability"]
+    assert available_scores() == ["densehybrid", "energy", "entropy", "maxlogit", "msp", "neg_logit_sum",
+                                  "neg_sigmoid_sum", "raml", "rba", "unknown_probability"]
     assert [n for n in available_scores() if get_score(n).inputs == ("class_scores",)] == [
-        "energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "rba"]
+        "energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "neg_sigmoid_sum", "rba"]
 
 
 def test_rba_by_hand():
@@ -41,12 +41,13 @@ def test_maxlogit_msp_entropy_energy_neg_sum_by_hand():
         "entropy": -sum(q * math.log(q) for q in p),
         "energy": -math.log(sum(math.exp(v) for v in values)),
         "neg_logit_sum": -1.7,
+        "neg_sigmoid_sum": -sum(1 / (1 + math.exp(-v)) for v in values),
     }
     for name, value in expected.items():
         assert compute_ood_score(name, L)[0, 0].item() == pytest.approx(value, abs=1e-6), name
 
 
-@pytest.mark.parametrize("name", ["rba", "maxlogit", "msp", "entropy", "energy", "neg_logit_sum"])
+@pytest.mark.parametrize("name", ["rba", "maxlogit", "msp", "entropy", "energy", "neg_logit_sum", "neg_sigmoid_sum"])
 def test_higher_means_more_anomalous(name):
     # A confident inlier pixel (one large class score) must score lower than a flat one.
     confident = torch.tensor([5.0, 0.0, 0.0]).view(3, 1, 1)

@@ -145,7 +145,8 @@ def test_rpl_loads_closed_set_checkpoint_and_copies_aspp(closed_set_and_rpl):
 def test_rpl_trains_only_the_residual_block(closed_set_and_rpl):
     _, rpl, _ = closed_set_and_rpl
     before = state_snapshot(rpl)
-    batches = [tiny_batch(seed=s) for s in range(2)]
+    # Raw outlier images for CoroCL; both images hold an outlier, so the official gate passes.
+    batches = [tiny_batch(seed=s, raw_outliers=True) for s in range(2)]
     losses = train_steps(rpl, batches, steps=3)
     assert set(losses) == {"loss_rpl_inlier_ce", "loss_rpl_entropy_dis", "loss_rpl_positive_energy", "loss_corocl"}
     after = rpl.state_dict()

@@ -73,8 +73,13 @@ def test_unknown_score_name_fails_at_build():
 def test_rba_loss_target_names():
     assert outlier_loss_score_name("nls", "tanh") == "rba"
     assert outlier_loss_score_name("nls", "none") == "neg_logit_sum"
-    with pytest.raises(ValueError, match="sum_entropy"):
-        outlier_loss_score_name("sum_entropy", "none")
+    assert outlier_loss_score_name("nls", "sigmoid") == "neg_sigmoid_sum"
+    # RbA's code ignores SCORE_NORM for the other targets.
+    assert outlier_loss_score_name("energy", "tanh") == "energy"
+    assert outlier_loss_score_name("softmax_entropy", "sigmoid") == "entropy"
+    assert outlier_loss_score_name("sum_entropy", "none") == "sum_entropy"
+    with pytest.raises(ValueError, match="OUTLIER_LOSS_TARGET must be one of .* got 'none'"):
+        outlier_loss_score_name("none", "none")
 
 
 def test_outlier_loss_matches_hand_computation():
@@ -88,8 +93,11 @@ def test_outlier_loss_matches_hand_computation():
     masks = torch.tensor([[[[3.0, -3.0], [0.0, 1.0]], [[-1.0, 2.0], [0.5, -2.0]]]])
     labels = torch.tensor([[0, 0, 1, 1], [0, 254, 254, 1], [255, 254, 254, 1], [0, 0, 1, 1]])
     loss = criterion.term_losses({"pred_logits": logits, "pred_masks": masks}, PixelTargets(labels[None]), False)
-    # By hand: L = sum_q softmax(logits_q)[:C] * sigmoid(mask_q); RbA = -sum_k tanh(L_k) at 2x2,
-    # upsampled bilinearly (half-pixel centres) to 4x4, then mean of (5 - RbA)^2 over the outliers.
+    # By hand (RbA's criterion.py): L = sum_q softmax(logits_q)[:C] * sigmoid(mask_q); RbA =
+    # -sum_k tanh(L_k) at 2x2, upsampled bilinearly with align_corners=True to 4x4; the inlier
+    # hinge max(0, s - 0)^2 is 0 since s <= 0, so the loss is 0.5 x mean of (5 - RbA)^2 over
+    # the outliers (halved on a batch with outlier pixels).
+    assert (cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD, cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD) == (0.0, 5.0)
     def softmax(row):
         e = [math.exp(v) for v in row]
         return [x / sum(e) for x in e]
@@ -100,15 +108,15 @@ def test_outlier_loss_matches_hand_computation():
         for x in range(2):
             L = [sum(probs[q][k] / (1 + math.exp(-masks[0, q, y, x].item())) for q in range(2)) for k in range(2)]
             rba[y, x] = -sum(math.tanh(v) for v in L)
-    # Bilinear 2x2 -> 4x4 with align_corners=False: the centre 2x2 pixels (the outliers) sit at
-    # 0.25 / 0.75 between the source pixels.
-    w = {1: (0.75, 0.25), 2: (0.25, 0.75)}
+    # Bilinear 2x2 -> 4x4 with align_corners=True: target index i reads source i / 3, so the
+    # centre 2x2 pixels (the outliers) sit at 1/3 and 2/3 between the source pixels.
+    w = {1: (2 / 3, 1 / 3), 2: (1 / 3, 2 / 3)}
     values = []
     for (y, x) in [(1, 1), (1, 2), (2, 1), (2, 2)]:
         (a0, a1), (b0, b1) = w[y], w[x]
         v = a0 * (b0 * rba[0, 0] + b1 * rba[0, 1]) + a1 * (b0 * rba[1, 0] + b1 * rba[1, 1])
         values.append((5.0 - v) ** 2)
-    assert loss["loss_outlier"].item() == pytest.approx(sum(values) / 4, rel=1e-5)
+    assert loss["loss_outlier"].item() == pytest.approx(0.5 * sum(values) / 4, rel=1e-5)
     # No outlier pixel anywhere: zero, not NaN.
     clean = torch.where(labels == 254, torch.zeros_like(labels), labels)
     zero = criterion.term_losses({"pred_logits": logits, "pred_masks": masks}, PixelTargets(clean[None]), False)
@@ -118,8 +126,10 @@ def test_outlier_loss_matches_hand_computation():
 def test_pebal_and_densehybrid_replace_the_mask_losses():
     pebal = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_pebal_finetune.yaml"), 19,
                                 ["class_scores", "class_scores_and_no_object", "energy"])
+    # RbA's PEBAL recipe: the energy hinge is RbA's outlier loss on the energy.
     assert pebal.losses == [] and [type(t).__name__ for t in pebal.terms] == [
-        "MaskFormerPEBALAbstention", "MaskFormerPEBALEnergyHinge", "MaskFormerEnergySmoothness", "MaskFormerEnergySparsity"]
+        "SquaredHingeOutlierLoss", "MaskFormerPEBALAbstention", "MaskFormerEnergySmoothness", "MaskFormerEnergySparsity"]
+    assert pebal.terms[0].score_name == "energy"
     assert "loss_pal_0" in pebal.weight_dict and "loss_ce" not in pebal.weight_dict
     dense = build_set_criterion(small_cfg(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_densehybrid_finetune.yaml"), 19,
                                 ["class_scores", "outlier_logits"])
@@ -159,7 +169,7 @@ def test_densehybrid_finetuning_trains_its_head_too():
     cfg = small_cfg(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_densehybrid_finetune.yaml")
     model, losses, changed = _finetune_steps(cfg, steps=2)
     assert set(losses) == {"loss_dh_ce", "loss_dh_outlier", "loss_dh_density"}
-    head = {k for k in changed if k.startswith("sem_seg_head.outlier_head.")}
+    head = {k for k in changed if k.startswith("sem_seg_head.predictor.ood_pred.")}
     assert head and changed - head <= {k for k in model.state_dict() if k.startswith(TRAINABLE)}
 
 

@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 _MAX_LISTED_KEYS = 40
 
+# Prefixes of this plugin's earlier checkpoints -> where the module lives now (loaded renamed, with
+# a log line): DenseHybrid's head moved into the transformer decoder under RbA's key (0.3).
+RENAMED_PREFIXES = {"sem_seg_head.outlier_head.": "sem_seg_head.predictor.ood_pred."}
+
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint)."""
@@ -61,6 +65,20 @@ def newly_initialized_prefixes(model: nn.Module) -> Tuple[str, ...]:
     from (its ``newly_initialized_prefixes`` attribute; none when it has no such attribute)."""
     model = getattr(model, "module", model)  # DDP-wrapped
     return tuple(getattr(model, "newly_initialized_prefixes", ()) or ())
+
+
+def _renamed(state: Dict[str, Any], source: Optional[str]) -> Dict[str, Any]:
+    """``state`` with the keys under :data:`RENAMED_PREFIXES` moved to their current prefix."""
+    moved = {}
+    for key in state:
+        for old, new in RENAMED_PREFIXES.items():
+            if key.startswith(old):
+                moved[key] = new + key[len(old):]
+    if not moved:
+        return state
+    logger.info("%s: %d keys of an earlier layout renamed (%s)", source, len(moved),
+                ", ".join(f"{o}* -> {n}*" for o, n in RENAMED_PREFIXES.items()))
+    return {moved.get(k, k): v for k, v in state.items()}
 
 
 def _listed(keys: Sequence[str]) -> str:
@@ -189,6 +207,7 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Any) -> _IncompatibleKeys:
         backbone_only = bool(checkpoint.get("matching_heuristics", False))
+        checkpoint["model"] = _renamed(checkpoint["model"], self._loading)
         incompatible = super()._load_model(checkpoint)
         refused = self._refused(incompatible, backbone_only)
         if refused is not None and not self.allow_partial_load:

@@ -50,10 +50,12 @@ TERM_INPUTS = {
 def batched_semantic_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor, keep_no_object: bool = False):
     """B x Q x (C+1), B x Q x h x w -> B x C x h x w semantic scores L = sum_q softmax(class_q)[:C]
     sigmoid(mask_q) (B x (C+1) x h x w when ``keep_no_object``, PEBAL's abstention column)."""
-    probs = F.softmax(pred_logits.float(), dim=-1)
+    # Half-precision predictions (AMP) are scored in float32; float64 stays float64.
+    dtype = torch.promote_types(pred_logits.dtype, torch.float32)
+    probs = F.softmax(pred_logits.to(dtype), dim=-1)
     if not keep_no_object:
         probs = probs[..., :-1]
-    return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.float().sigmoid())
+    return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.to(dtype).sigmoid())
 
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -175,7 +177,8 @@ class SetCriterion(nn.Module):
             inputs["class_scores_and_no_object"] = resize_to_labels(full, labels)
             inputs["energy"] = inlier_energy(inputs["class_scores_and_no_object"], self.num_classes)
         if "outlier_logits" in needed and "pred_outlier" in outputs:
-            inputs["outlier_logits"] = outputs["pred_outlier"].float()
+            logits = outputs["pred_outlier"]
+            inputs["outlier_logits"] = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return inputs
 
     def term_losses(self, outputs: Dict[str, object], targets: Optional[PixelTargets], auxiliary: bool):

@@ -16,6 +16,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ..outlier_paste import PASTE_STAGES
 from .color_aug_ssd import ColorAugSSD
 from .registry import register_train_mapper
 
@@ -24,12 +25,24 @@ __all__ = ["MaskFormerSemanticDatasetMapper", "PasteFunction", "build_semantic_t
 logger = logging.getLogger(__name__)
 
 # paster(image H x W x 3 uint8, sem_seg H x W, rng) -> (image, sem_seg); pasted pixels get OOD_LABEL.
+# sem_seg arrives as float64 at every stage (Detectron2 resizes label maps as floats).
 PasteFunction = Callable[[np.ndarray, np.ndarray, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
+
+# Augmentations after which the "after_crop" paste stage runs.
+_CROPS = (T.RandomCrop, T.RandomCrop_CategoryAreaConstraint, T.FixedSizeCrop)
 
 
 def build_semantic_train_augmentations(cfg) -> List[T.Augmentation]:
     """Resize the shortest edge to a sampled size, crop (category-area constraint), SSD colour
-    jitter, flip: Mask2Former's semantic training pipeline."""
+    jitter, flip with probability ``INPUT.RANDOM_FLIP_PROB``: Mask2Former's semantic training
+    pipeline.
+
+    Raises:
+        ValueError: ``INPUT.RANDOM_FLIP_PROB`` outside [0, 1].
+    """
+    flip_prob = cfg.INPUT.RANDOM_FLIP_PROB
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"INPUT.RANDOM_FLIP_PROB must be in [0, 1], got {flip_prob}")
     augs: List[T.Augmentation] = [
         T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
     ]
@@ -47,7 +60,9 @@ def build_semantic_train_augmentations(cfg) -> List[T.Augmentation]:
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(
             T.RandomFlip(
-                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical"
+                prob=flip_prob,
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
             )
         )
     return augs
@@ -71,6 +86,9 @@ class MaskFormerSemanticDatasetMapper:
     * "sem_seg": H x W int64 label map (``ignore_label`` = void, ``ood_label`` = pasted outlier);
     * "instances": ``Instances`` with "gt_classes" (K int64, the classes present, sorted) and
       "gt_masks" (K x H x W bool), one mask per class; void and outlier pixels are in no mask.
+
+    ``outlier_paster`` runs at ``paste_stage`` (one of ``PASTE_STAGES``): before the first
+    augmentation, right after the last crop augmentation, or after all of them ("final_crop").
     """
 
     @configurable
@@ -85,9 +103,19 @@ class MaskFormerSemanticDatasetMapper:
         num_classes: int,
         ood_label: int = 254,
         outlier_paster: Optional[PasteFunction] = None,
+        paste_stage: str = "final_crop",
     ):
         if not is_train:
             raise ValueError("MaskFormerSemanticDatasetMapper is for training; use detectron2's DatasetMapper to test")
+        if paste_stage not in PASTE_STAGES:
+            raise ValueError(f"INPUT.OOD_PASTE_STAGE must be one of {PASTE_STAGES}, got '{paste_stage}'")
+        crops = [i for i, aug in enumerate(augmentations) if isinstance(aug, _CROPS)]
+        if paste_stage == "after_crop" and outlier_paster is not None and not crops:
+            raise ValueError("INPUT.OOD_PASTE_STAGE 'after_crop' needs a crop augmentation (INPUT.CROP.ENABLED)")
+        # Augmentations [0, paste_at) run before the paste, the rest after it.
+        self.paste_at = {"before_augmentation": 0, "after_crop": crops[-1] + 1 if crops else None,
+                         "final_crop": len(augmentations)}[paste_stage]
+        self.paste_stage = paste_stage
         self.is_train = is_train
         self.tfm_gens = augmentations
         self.img_format = image_format
@@ -139,16 +167,26 @@ class MaskFormerSemanticDatasetMapper:
             )
         return image, sem_seg
 
+    def augment(self, image: np.ndarray, sem_seg: np.ndarray,
+                paste: Optional[PasteFunction] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Runs the augmentations on (image H x W x 3, sem_seg H x W float) and ``paste`` at the
+        paste stage; returns the augmented image and the int64 label map."""
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        if paste is None:
+            aug_input, _ = T.apply_transform_gens(self.tfm_gens, aug_input)
+        else:
+            aug_input, _ = T.apply_transform_gens(self.tfm_gens[: self.paste_at], aug_input)
+            # detectron2 seeds numpy per worker and rank, so the derived generator differs between them.
+            rng = np.random.default_rng(np.random.randint(2**31))
+            image, sem_seg = paste(aug_input.image, aug_input.sem_seg, rng)
+            aug_input = T.AugInput(image, sem_seg=sem_seg)
+            aug_input, _ = T.apply_transform_gens(self.tfm_gens[self.paste_at:], aug_input)
+        return aug_input.image, aug_input.sem_seg.astype(np.int64)
+
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         image, sem_seg = self._read(dataset_dict)
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        aug_input, _ = T.apply_transform_gens(self.tfm_gens, aug_input)
-        image, sem_seg = aug_input.image, aug_input.sem_seg.astype(np.int64)
-        if self.outlier_paster is not None:
-            # detectron2 seeds numpy per worker and rank, so the derived generator differs between them.
-            rng = np.random.default_rng(np.random.randint(2**31))
-            image, sem_seg = self.outlier_paster(image, sem_seg, rng)
+        image, sem_seg = self.augment(image, sem_seg, self.outlier_paster)
 
         image_t = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         sem_seg_t = torch.as_tensor(np.ascontiguousarray(sem_seg), dtype=torch.int64)

@@ -1,6 +1,6 @@
 """Training mapper of the per-pixel branch (``INPUT.DATASET_MAPPER_NAME: pixel_semantic_outlier``):
-Mask2Former's semantic augmentations, outlier pasting into the final crop, and, when the model
-asks for it (extra input "outlier_image", e.g. RPL's CoroCL), one raw outlier-pool image per
+Mask2Former's semantic augmentations, outlier pasting at ``INPUT.OOD_PASTE_STAGE``, and, when the
+model asks for it (extra input "outlier_image", e.g. RPL's CoroCL), one raw outlier-pool image per
 sample. No per-class masks (a per-pixel model reads the label map)."""
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
     * with ``raw_outliers`` (extra input "outlier_image"): "outlier_image" (3 x h x w uint8, one
       pool image, centre-cropped or padded to ``raw_outlier_size``) and "outlier_sem_seg" (h x w
       int64: ``ood_label`` on the object, 0 on its own background, ``ignore_label`` on padding).
+      As in RPL, it is the pool image whose object this sample drew for pasting (whether or not
+      the paste was skipped or cropped out), unscaled and unflipped; a sample that drew none gets
+      a uniform draw from the current proxy subset.
+
+    ``outlier_paster`` runs at ``paste_stage`` (see :class:`MaskFormerSemanticDatasetMapper`).
     """
 
     EXTRA_INPUTS = ("outlier_image",)
@@ -61,6 +66,7 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
         num_classes: int,
         ood_label: int = 254,
         outlier_paster: Optional[OutlierPaster] = None,
+        paste_stage: str = "final_crop",
         raw_outliers: bool = False,
         raw_outlier_size: Optional[Tuple[int, int]] = None,
     ):
@@ -73,9 +79,12 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
             num_classes=num_classes,
             ood_label=ood_label,
             outlier_paster=outlier_paster,
+            paste_stage=paste_stage,
         )
         if raw_outliers and outlier_paster is None:
             raise ValueError("raw outlier images need an outlier pool (INPUT.OUTLIER_POOL with INPUT.OOD_PROB > 0)")
+        if outlier_paster is None:
+            self.paste_at = len(self.tfm_gens)  # where the generator's seed has always been drawn
         self.raw_outliers = raw_outliers
         self.raw_outlier_size = tuple(raw_outlier_size) if raw_outlier_size else None
 
@@ -96,14 +105,18 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
         }
         raw = "outlier_image" in extra_inputs
         args["outlier_paster"] = OutlierPaster(cfg) if (cfg.INPUT.OOD_PROB > 0 or raw) else None
+        args["paste_stage"] = cfg.INPUT.OOD_PASTE_STAGE
         args["raw_outliers"] = raw
         # The head's ASPP pools over a window fixed by the crop: raw images get the crop's size.
         args["raw_outlier_size"] = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None
         return args
 
-    def raw_outlier(self, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-        """(h x w x 3 uint8 image, h x w int64 label) of one random proxy-pool entry."""
-        record = self.outlier_paster.proxy[int(rng.integers(len(self.outlier_paster.proxy)))]
+    def raw_outlier(self, rng: np.random.Generator, record: Optional[dict] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """(h x w x 3 uint8 image, h x w int64 label) of the pool entry ``record`` (None: a uniform
+        draw from the current proxy subset)."""
+        if record is None:
+            proxy = self.outlier_paster.proxy
+            record = proxy[int(rng.integers(len(proxy)))]
         image, mask = read_pool_entry(record, self.img_format)
         label = np.where(mask == 254, self.ood_label, 0).astype(np.int64)
         if self.raw_outlier_size is not None:
@@ -113,17 +126,24 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         image, sem_seg = self._read(dataset_dict)
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        aug_input, _ = T.apply_transform_gens(self.tfm_gens, aug_input)
-        image, sem_seg = aug_input.image, aug_input.sem_seg.astype(np.int64)
-        # detectron2 seeds numpy per worker and rank, so the derived generator differs between them.
-        rng = np.random.default_rng(np.random.randint(2**31))
-        if self.outlier_paster is not None:
-            image, sem_seg = self.outlier_paster(image, sem_seg, rng)
+        drawn = {}
+
+        def paste(image: np.ndarray, sem_seg: np.ndarray, rng: np.random.Generator):
+            # Runs without a paster too (after every augmentation): the mapper has always drawn
+            # this generator's seed, so the random stream of closed-set training stays as it was.
+            drawn["rng"] = rng
+            if self.outlier_paster is None:
+                return image, sem_seg
+            drawn["record"] = record = self.outlier_paster.draw(rng)
+            if record is None:
+                return image, sem_seg
+            return self.outlier_paster.paste(image, sem_seg, record, rng)
+
+        image, sem_seg = self.augment(image, sem_seg, paste)
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         dataset_dict["sem_seg"] = torch.as_tensor(np.ascontiguousarray(sem_seg), dtype=torch.int64)
         if self.raw_outliers:
-            raw_image, raw_label = self.raw_outlier(rng)
+            raw_image, raw_label = self.raw_outlier(drawn["rng"], drawn.get("record"))
             dataset_dict["outlier_image"] = torch.as_tensor(np.ascontiguousarray(raw_image.transpose(2, 0, 1)))
             dataset_dict["outlier_sem_seg"] = torch.as_tensor(raw_label, dtype=torch.int64)
         return dataset_dict

@@ -11,7 +11,6 @@ from torch import nn
 
 from ..pixel_decoder import build_pixel_decoder
 from ..transformer_decoder import build_transformer_decoder
-from .outlier_head import DenseHybridOutlierHead
 
 __all__ = ["MaskFormerHead"]
 
@@ -19,8 +18,8 @@ __all__ = ["MaskFormerHead"]
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
     """``pixel_decoder`` turns backbone features into mask features and multi-scale maps;
-    ``predictor`` turns them into per-query class logits and mask logits; the optional
-    ``outlier_head`` (DenseHybrid) turns the mask features into per-pixel outlier logits."""
+    ``predictor`` turns them into per-query class logits and mask logits (and, with DenseHybrid's
+    head ``predictor.ood_pred``, per-pixel outlier logits)."""
 
     @configurable
     def __init__(
@@ -33,7 +32,6 @@ class MaskFormerHead(nn.Module):
         ignore_label: int = -1,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
-        outlier_head: Optional[nn.Module] = None,
     ):
         super().__init__()
         if transformer_in_feature != "multi_scale_pixel_decoder":
@@ -49,15 +47,10 @@ class MaskFormerHead(nn.Module):
         self.predictor = transformer_predictor
         self.transformer_in_feature = transformer_in_feature
         self.num_classes = num_classes
-        self.outlier_head = outlier_head
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
-        mf = cfg.MODEL.MASK_FORMER
-        # DenseHybrid's head (RbA's DENSE_HYBRID_LOSS) is part of the model whenever its training
-        # is configured, so evaluating such a model with the same config finds it.
-        wants_outlier_head = mf.DENSE_HYBRID_LOSS
         # The predictor reads the pixel decoder's multi-scale maps, which have CONVS_DIM channels.
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
@@ -67,17 +60,14 @@ class MaskFormerHead(nn.Module):
             "loss_weight": head.LOSS_WEIGHT,
             "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
             "transformer_predictor": build_transformer_decoder(cfg, head.CONVS_DIM, mask_classification=True),
-            "outlier_head": DenseHybridOutlierHead(head.MASK_DIM) if wants_outlier_head else None,
         }
 
     def forward(self, features: Dict[str, torch.Tensor], mask: Optional[torch.Tensor] = None) -> Dict[str, object]:
         """features: backbone outputs. Returns the predictor's dict (pred_logits, pred_masks,
-        aux_outputs) and, with an outlier head, "pred_outlier" (B x 2 x H/4 x W/4)."""
+        aux_outputs and, with DenseHybrid's head, pred_outlier)."""
         return self.layers(features, mask)
 
     def layers(self, features: Dict[str, torch.Tensor], mask: Optional[torch.Tensor] = None) -> Dict[str, object]:
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
         outputs = self.predictor(multi_scale_features, mask_features, mask)
-        if self.outlier_head is not None:
-            outputs["pred_outlier"] = self.outlier_head(mask_features)
         return outputs

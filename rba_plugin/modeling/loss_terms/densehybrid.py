@@ -2,8 +2,10 @@
 of L on inliers, the outlier head's cross-entropy (beta1) and the density term (beta2).
 
 RbA's keys select it: ``MODEL.MASK_FORMER.DENSE_HYBRID_LOSS`` (which also adds the outlier head),
-``DENSE_HYBRID_HEAD_WEIGHT`` (beta1), ``DENSE_HYBRID_BETA`` (beta2) and ``DENSE_HYBRID_WEIGHT``
-(the factor of each of the three outputs).
+``DENSE_HYBRID_BETA`` (beta2) and ``DENSE_HYBRID_WEIGHT`` (the factor of each of the three outputs);
+ours: ``DENSE_HYBRID_HEAD_WEIGHT`` (beta1; None = 10 x beta2 as RbA's code) and
+``DENSE_HYBRID_FORM`` ("official": RbA's ``criterion.py`` ``loss_densehybrid``; "paper": appendix
+C.3, see :func:`rba_plugin.modeling.ood.losses.densehybrid_loss`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from detectron2.config import configurable
 
 from ..ood.losses import densehybrid_loss
-from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, register_term_alias
+from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, check_choice, register_term_alias
 
 __all__ = ["MaskFormerDenseHybridLoss"]
 
@@ -40,19 +42,23 @@ class MaskFormerDenseHybridLoss(LossTerm):
     replaces_mask_losses = True
 
     @configurable
-    def __init__(self, *, beta1: float = 0.3, beta2: float = 0.03, weight: float = 1.0):
+    def __init__(self, *, beta1: float = 0.3, beta2: float = 0.03, weight: float = 1.0, form: str = "official"):
         super().__init__()
+        check_choice("MODEL.MASK_FORMER.DENSE_HYBRID_FORM", form, ("official", "paper"))
         self.beta1 = beta1
         self.beta2 = beta2
+        self.form = form
         self.weights = {k: weight for k in ("loss_dh_ce", "loss_dh_outlier", "loss_dh_density")}
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
         mf = cfg.MODEL.MASK_FORMER
-        return {"beta1": mf.DENSE_HYBRID_HEAD_WEIGHT, "beta2": mf.DENSE_HYBRID_BETA, "weight": mf.DENSE_HYBRID_WEIGHT}
+        beta1 = 10.0 * mf.DENSE_HYBRID_BETA if mf.DENSE_HYBRID_HEAD_WEIGHT is None else mf.DENSE_HYBRID_HEAD_WEIGHT
+        return {"beta1": beta1, "beta2": mf.DENSE_HYBRID_BETA, "weight": mf.DENSE_HYBRID_WEIGHT,
+                "form": mf.DENSE_HYBRID_FORM}
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: PixelTargets) -> Dict[str, torch.Tensor]:
         return densehybrid_loss(
             outputs["class_scores"], outputs["outlier_logits"], targets.labels, beta1=self.beta1, beta2=self.beta2,
-            ood_label=targets.ood_label, ignore_label=targets.ignore_label,
+            form=self.form, ood_label=targets.ood_label, ignore_label=targets.ignore_label,
         )

@@ -2,26 +2,23 @@
 scores L (input ``class_scores``: B x C x h x w at mask resolution).
 
 RbA's keys select them: ``MODEL.MASK_FORMER.OUTLIER_SUPERVISION`` turns the loss on,
-``OUTLIER_LOSS_FUNC`` picks the function, ``OUTLIER_LOSS_TARGET`` + ``SCORE_NORM`` the score it
-acts on, ``OUTLIER_LOWER_THRESHOLD`` / ``INLIER_UPPER_THRESHOLD`` the margins and
-``OUTLIER_WEIGHT`` the weight of ``loss_outlier``. The math is in
-:mod:`rba_plugin.modeling.ood.losses`.
+``OUTLIER_LOSS_FUNC`` picks the function, ``OUTLIER_LOSS_TARGET`` + ``SCORE_NORM`` the score s it
+acts on (computed at mask resolution, then upsampled to the labels with ``align_corners=True``),
+``INLIER_UPPER_THRESHOLD`` / ``OUTLIER_LOWER_THRESHOLD`` the margins and ``OUTLIER_WEIGHT`` the
+weight of ``loss_outlier``. ``OUTLIER_LOSS_FORM`` (ours): "official" (default) computes what RbA's
+``criterion.py`` computes (batch means over inliers and outliers, halved on batches with outlier
+pixels, Table 4's functions as coded); "paper" computes the paper's Eqs. 6, 8-11 (outlier pixels
+only, no 0.5). The math is in :mod:`rba_plugin.modeling.ood.losses`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping
 
 import torch
 from detectron2.config import configurable
 
-from ..ood.losses import (
-    bce_outlier_loss,
-    kl_outlier_loss,
-    l1_outlier_loss,
-    mse_outlier_loss,
-    squared_hinge_outlier_loss,
-)
-from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, register_term_alias
+from ..ood import losses as L
+from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, check_choice, register_term_alias
 
 __all__ = [
     "outlier_loss_score_name",
@@ -32,7 +29,10 @@ __all__ = [
     "BCEOutlierLoss",
     "KLOutlierLoss",
     "RBA_OUTLIER_LOSS_FUNCS",
+    "FORMS",
 ]
+
+FORMS = ("official", "paper")
 
 # RbA's OUTLIER_LOSS_FUNC values -> registered terms.
 RBA_OUTLIER_LOSS_FUNCS = {
@@ -45,15 +45,22 @@ RBA_OUTLIER_LOSS_FUNCS = {
 
 
 def outlier_loss_score_name(target: str, norm: str) -> str:
-    """RbA's (OUTLIER_LOSS_TARGET, SCORE_NORM) pair as a registered score name."""
-    table = {("nls", "tanh"): "rba", ("nls", "none"): "neg_logit_sum", ("energy", "none"): "energy",
-             ("energy", "tanh"): "energy", ("softmax_entropy", "none"): "entropy"}
-    if (target, norm) not in table:
+    """RbA's (OUTLIER_LOSS_TARGET, SCORE_NORM) pair as a registered score name (RbA
+    ``criterion.py``: the norm matters for "nls" only).
+
+    Raises:
+        ValueError: an unknown target or norm, naming the keys.
+    """
+    check_choice("MODEL.MASK_FORMER.SCORE_NORM", norm, ("none", "tanh", "sigmoid"))
+    if target == "nls":
+        return {"tanh": "rba", "sigmoid": "neg_sigmoid_sum", "none": "neg_logit_sum"}[norm]
+    table = {"energy": "energy", "softmax_entropy": "entropy", "sum_entropy": "sum_entropy"}
+    if target not in table:
         raise ValueError(
-            f"MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET='{target}' with SCORE_NORM='{norm}' is not supported; "
-            "use nls+tanh (RbA), nls+none, energy or softmax_entropy+none"
+            f"MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET must be one of nls, energy, softmax_entropy, sum_entropy "
+            f"(with OUTLIER_SUPERVISION), got {target!r}"
         )
-    return table[target, norm]
+    return table[target]
 
 
 @register_term_alias
@@ -71,30 +78,26 @@ def rba_outlier_terms(cfg) -> List[str]:
 
 
 class OutlierScoreLoss(LossTerm):
-    """``loss_outlier``: a function of an anomaly score of L on pasted outlier pixels.
+    """``loss_outlier``: a function of an anomaly score s of L.
 
     Args:
         score_name: registered score the loss acts on ("rba" for RbA).
         weight: factor of ``loss_outlier`` (OUTLIER_WEIGHT).
-        alpha: the outlier margin (OUTLIER_LOWER_THRESHOLD).
-        inlier_threshold: the inlier margin (INLIER_UPPER_THRESHOLD), None = no inlier term.
+        gamma_in / gamma_out: INLIER_UPPER_THRESHOLD / OUTLIER_LOWER_THRESHOLD (alpha of the paper).
+        form: "official" or "paper" (OUTLIER_LOSS_FORM).
     """
 
     inputs = ("class_scores",)
 
     @configurable
-    def __init__(
-        self,
-        *,
-        score_name: str = "rba",
-        weight: float = 1.0,
-        alpha: float = 5.0,
-        inlier_threshold: Optional[float] = None,
-    ):
+    def __init__(self, *, score_name: str = "rba", weight: float = 1.0, gamma_in: float = 0.0,
+                 gamma_out: float = 5.0, form: str = "official"):
         super().__init__()
+        check_choice("MODEL.MASK_FORMER.OUTLIER_LOSS_FORM", form, FORMS)
         self.score_name = score_name
-        self.alpha = alpha
-        self.inlier_threshold = inlier_threshold
+        self.gamma_in = gamma_in
+        self.gamma_out = gamma_out
+        self.form = form
         self.weights = {"loss_outlier": weight}
 
     @classmethod
@@ -103,61 +106,78 @@ class OutlierScoreLoss(LossTerm):
         return {
             "score_name": outlier_loss_score_name(mf.OUTLIER_LOSS_TARGET, mf.SCORE_NORM),
             "weight": mf.OUTLIER_WEIGHT,
-            "alpha": mf.OUTLIER_LOWER_THRESHOLD,
-            "inlier_threshold": mf.INLIER_UPPER_THRESHOLD,
+            "gamma_in": mf.INLIER_UPPER_THRESHOLD,
+            "gamma_out": mf.OUTLIER_LOWER_THRESHOLD,
+            "form": mf.OUTLIER_LOSS_FORM,
         }
 
-    def loss(self, class_scores: torch.Tensor, targets: PixelTargets) -> torch.Tensor:
+    def forward(self, outputs: Mapping[str, torch.Tensor], targets: PixelTargets) -> Dict[str, torch.Tensor]:
+        class_scores = outputs["class_scores"]
+        inlier, outlier = L.split_labels(targets.labels, class_scores.shape[1], targets.ood_label, targets.ignore_label)
+        return {"loss_outlier": self.loss(class_scores, targets, inlier, outlier)}
+
+    def score(self, class_scores: torch.Tensor, targets: PixelTargets) -> torch.Tensor:
+        return L.outlier_score_map(class_scores, targets.labels, self.score_name)
+
+    def loss(self, class_scores, targets, inlier, outlier) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, outputs: Mapping[str, torch.Tensor], targets: PixelTargets) -> Dict[str, torch.Tensor]:
-        return {"loss_outlier": self.loss(outputs["class_scores"], targets)}
 
-    def _labels(self, targets: PixelTargets) -> Dict:
-        return {"ood_label": targets.ood_label, "ignore_label": targets.ignore_label}
+class _MarginLoss(OutlierScoreLoss):
+    kind = ""
 
-
-@LOSS_TERM_REGISTRY.register()
-class SquaredHingeOutlierLoss(OutlierScoreLoss):
-    """RbA's loss (paper Eq. 6): mean over outlier pixels of max(0, alpha - score)^2 (+ the inlier
-    hinge with INLIER_UPPER_THRESHOLD)."""
-
-    def loss(self, class_scores, targets):
-        return squared_hinge_outlier_loss(
-            class_scores, targets.labels, score_name=self.score_name, alpha=self.alpha,
-            inlier_threshold=self.inlier_threshold, **self._labels(targets),
-        )
+    def loss(self, class_scores, targets, inlier, outlier):
+        score = self.score(class_scores, targets)
+        if self.form == "official":
+            return L.official_outlier_loss(self.kind, score, inlier, outlier, gamma_in=self.gamma_in,
+                                           gamma_out=self.gamma_out)
+        paper = {"squared_hinge": L.squared_hinge_outlier_loss, "mse": L.mse_outlier_loss, "l1": L.l1_outlier_loss}
+        return paper[self.kind](score, outlier, alpha=self.gamma_out)
 
 
 @LOSS_TERM_REGISTRY.register()
-class MSEOutlierLoss(OutlierScoreLoss):
-    """RbA paper Eq. 8: mean over outlier pixels of (score - alpha)^2."""
+class SquaredHingeOutlierLoss(_MarginLoss):
+    """RbA's loss. Official: 0.5 (mean_I max(0, s - gamma_in)^2 + mean_O max(0, gamma_out - s)^2)
+    (the inlier part alone without outlier pixels); paper Eq. 6: mean_O max(0, alpha - s)^2."""
 
-    def loss(self, class_scores, targets):
-        return mse_outlier_loss(class_scores, targets.labels, score_name=self.score_name, alpha=self.alpha,
-                                **self._labels(targets))
+    kind = "squared_hinge"
 
 
 @LOSS_TERM_REGISTRY.register()
-class L1OutlierLoss(OutlierScoreLoss):
-    """RbA paper Eq. 9: mean over outlier pixels of |score - alpha|."""
+class MSEOutlierLoss(_MarginLoss):
+    """Table 4 "MSE". Official: two-sided (s - gamma_in)^2 on inliers and (s - gamma_out)^2 on
+    outliers, halved as the hinge; paper Eq. 8: mean_O (s - alpha)^2."""
 
-    def loss(self, class_scores, targets):
-        return l1_outlier_loss(class_scores, targets.labels, score_name=self.score_name, alpha=self.alpha,
-                               **self._labels(targets))
+    kind = "mse"
+
+
+@LOSS_TERM_REGISTRY.register()
+class L1OutlierLoss(_MarginLoss):
+    """Table 4 "L1". Official: as MSE with |.|; paper Eq. 9: mean_O |s - alpha|."""
+
+    kind = "l1"
 
 
 @LOSS_TERM_REGISTRY.register()
 class BCEOutlierLoss(OutlierScoreLoss):
-    """RbA paper Eq. 10: binary cross-entropy with the score as the outlier logit."""
+    """Table 4 "BCE" with s as the outlier logit. Official: 0.5 x mean over every pixel (void as
+    inlier); paper Eq. 10: mean over non-void pixels, no 0.5."""
 
-    def loss(self, class_scores, targets):
-        return bce_outlier_loss(class_scores, targets.labels, score_name=self.score_name, **self._labels(targets))
+    def loss(self, class_scores, targets, inlier, outlier):
+        score = self.score(class_scores, targets)
+        if self.form == "official":
+            return L.official_bce_outlier_loss(score, outlier)
+        return L.bce_outlier_loss(score, inlier, outlier)
 
 
 @LOSS_TERM_REGISTRY.register()
 class KLOutlierLoss(OutlierScoreLoss):
-    """RbA paper Eq. 11: KL to one-hot on inliers and to uniform on outliers."""
+    """Table 4 "KL" on the class scores. Official: RbA's code, which reads no class label (see
+    :func:`rba_plugin.modeling.ood.losses.official_kl_outlier_loss`); paper Eq. 11: 0.5 (CE to the
+    true class on inliers + KL(U || softmax(L)) on outliers)."""
 
-    def loss(self, class_scores, targets):
-        return kl_outlier_loss(class_scores, targets.labels, **self._labels(targets))
+    def loss(self, class_scores, targets, inlier, outlier):
+        upsampled = L.resize_to_labels(class_scores, targets.labels)
+        if self.form == "official":
+            return L.official_kl_outlier_loss(upsampled, inlier, outlier)
+        return L.kl_outlier_loss(upsampled, targets.labels, inlier, outlier)

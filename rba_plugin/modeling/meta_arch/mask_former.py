@@ -22,6 +22,7 @@ __all__ = ["MaskFormer", "semantic_scores", "rba_trainable_prefixes"]
 logger = logging.getLogger(__name__)
 
 _PREDICTOR = "sem_seg_head.predictor"
+_OOD_PRED = f"{_PREDICTOR}.ood_pred"  # DenseHybrid's outlier head (RbA's key)
 
 
 def rba_trainable_prefixes(cfg, has_outlier_head: bool) -> Optional[List[str]]:
@@ -54,13 +55,13 @@ def rba_trainable_prefixes(cfg, has_outlier_head: bool) -> Optional[List[str]]:
     elif m.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP_AND_OOD_PRED:
         prefixes += [f"{_PREDICTOR}.class_embed", f"{_PREDICTOR}.mask_embed"]
         if has_outlier_head:
-            prefixes.append("sem_seg_head.outlier_head")
+            prefixes.append(_OOD_PRED)
     elif m.FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP:
         prefixes += [f"{_PREDICTOR}.class_embed", f"{_PREDICTOR}.mask_embed"]
     elif not m.FREEZE_TRANSFORMER_DECODER:
         prefixes.append(_PREDICTOR)
         if has_outlier_head:
-            prefixes.append("sem_seg_head.outlier_head")
+            prefixes.append(_OOD_PRED)
     if not prefixes:
         raise ValueError("MODEL.FREEZE_*: every part of the model is frozen; nothing would train")
     return prefixes
@@ -151,7 +152,7 @@ class MaskFormer(nn.Module):
                 raise NotImplementedError(f"{key}=True (an RbA ablation) is not implemented; set it to False")
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
-        has_outlier_head = getattr(sem_seg_head, "outlier_head", None) is not None
+        has_outlier_head = getattr(sem_seg_head.predictor, "ood_pred", None) is not None
         extra = ["outlier_logits"] if has_outlier_head else []
         criterion = build_set_criterion(
             cfg, sem_seg_head.num_classes, ["class_scores", "class_scores_and_no_object", "energy"] + extra
@@ -177,7 +178,7 @@ class MaskFormer(nn.Module):
     def newly_initialized_prefixes(self) -> Tuple[str, ...]:
         # DenseHybrid's outlier head is added for fine-tuning, so the closed-set checkpoint in
         # MODEL.WEIGHTS cannot hold it (rba_plugin.engine.SafeCheckpointer lets it start untrained).
-        return ("sem_seg_head.outlier_head.",) if getattr(self.sem_seg_head, "outlier_head", None) is not None else ()
+        return (f"{_OOD_PRED}.",) if getattr(self.sem_seg_head.predictor, "ood_pred", None) is not None else ()
 
     @property
     def device(self) -> torch.device:

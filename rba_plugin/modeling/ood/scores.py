@@ -113,6 +113,12 @@ def neg_logit_sum_score(class_scores: torch.Tensor) -> torch.Tensor:
     return -class_scores.sum(_CLASS_DIM)
 
 
+@register_score("neg_sigmoid_sum")
+def neg_sigmoid_sum_score(class_scores: torch.Tensor) -> torch.Tensor:
+    """-sum_k sigmoid(L_k) (RbA's OUTLIER_LOSS_TARGET "nls" with SCORE_NORM "sigmoid")."""
+    return -torch.sigmoid(class_scores).sum(_CLASS_DIM)
+
+
 @register_score("densehybrid", inputs=("class_scores", "outlier_logits"))
 def densehybrid_score(class_scores: torch.Tensor, outlier_logits: torch.Tensor) -> torch.Tensor:
     """DenseHybrid's hybrid score log p(outlier | x) - log p_hat(x) = log softmax(outlier

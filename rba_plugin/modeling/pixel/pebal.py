@@ -27,28 +27,22 @@ __all__ = ["PEBAL", "add_pebal_config"]
 
 @register_config_group
 def add_pebal_config(cfg: CfgNode) -> None:
-    """PEBAL (Tian et al., ECCV 2022). Defaults follow the paper; the official code's values are
-    named in the comments."""
+    """PEBAL (Tian et al., ECCV 2022). README: "Losses: official code and papers"."""
     cfg.MODEL.PEBAL = CfgNode()
-    # PAL's outlier-pixel term weight: 1 in the paper's Eq. 2; the official code uses 0.1.
-    cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT = 1.0
-    # Targets of an outlier pixel in PAL: "all" Y+1 labels (paper) or the Y inlier ones (code).
-    cfg.MODEL.PEBAL.PAL_OUTLIER_CLASSES = "all"
-    # Stop gradients through the penalty a = (-E)^2 (official code lets them flow: False).
-    cfg.MODEL.PEBAL.DETACH_PENALTY = False
-    cfg.MODEL.PEBAL.ENERGY_WEIGHT = 0.1  # lambda of Eq. 2 on the energy hinge
+    # "official": PEBAL's code (losses.py, trainer.py); "paper": Eqs. 2-8 (per-pixel means).
+    cfg.MODEL.PEBAL.FORM = "official"
+    # Weight of PAL's outlier pixels; None = the form's: 0.1 (code), 1 (paper).
+    cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT = None
+    # lambda: official, the trainer's 0.1 on the whole energy loss (hinge and regularisers);
+    # paper, the weight of the hinge.
+    cfg.MODEL.PEBAL.ENERGY_WEIGHT = 0.1
     cfg.MODEL.PEBAL.M_IN = -12.0
     cfg.MODEL.PEBAL.M_OUT = -6.0
-    # Eq. 8: beta1 on smoothness, beta2 on sparsity (paper). The official code swaps them:
-    # SMOOTH_WEIGHT = 3e-6 with SMOOTH_NORM "l2", SPARSITY_WEIGHT = 5e-4 with SPARSITY_NORM "l2"
-    # on outlier pixels only (SPARSITY_ON "outlier").
-    cfg.MODEL.PEBAL.SMOOTH_WEIGHT = 5e-4
-    cfg.MODEL.PEBAL.SPARSITY_WEIGHT = 3e-6
-    cfg.MODEL.PEBAL.SMOOTH_NORM = "l1"  # paper |E - E_N|; code 0.5 (E - E_N)^2
-    cfg.MODEL.PEBAL.SPARSITY_NORM = "l1"  # paper |E|; code ||E||_2
-    cfg.MODEL.PEBAL.SPARSITY_ON = "all"  # paper: every pixel; code: "outlier"
-    # "sum" over pixels (paper and code); "mean" makes the regularisers resolution-independent.
-    cfg.MODEL.PEBAL.REG_REDUCTION = "sum"
+    # Smoothness / sparsity weights; None = the form's: official 3e-6 / 5e-4 (0.5 x squared
+    # differences summed / L2 norm over outlier pixels, inside lambda: effectively 3e-7 / 5e-5);
+    # paper beta1 = 5e-4 / beta2 = 3e-6 (|differences| / |E| over every pixel).
+    cfg.MODEL.PEBAL.SMOOTH_WEIGHT = None
+    cfg.MODEL.PEBAL.SPARSITY_WEIGHT = None
 
 
 @PIXEL_OOD_METHOD_REGISTRY.register()

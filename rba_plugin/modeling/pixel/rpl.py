@@ -15,21 +15,29 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ASPP, Conv2d
+from detectron2.utils import comm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...config import register_config_group
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
 
-__all__ = ["ResidualPatternBlock", "RPL", "add_rpl_config", "downsample_labels"]
+__all__ = ["ResidualPatternBlock", "RPL", "add_rpl_config", "downsample_labels", "every_process_has"]
 
 
 @register_config_group
 def add_rpl_config(cfg: CfgNode) -> None:
     """RPL + CoroCL (Liu et al., ICCV 2023)."""
     cfg.MODEL.RPL = CfgNode()
+    # "official": RPL's code (entropies clamped at 1e-7; CoroCL only when every process holds >= 2
+    # images with outliers, on those images and their raw outlier images, one sample count for
+    # the four pools, the residual's BatchNorm over the city and raw images together); "paper":
+    # exact entropies, CoroCL on every image with each pool sampled on its own.
+    # README: "Losses: official code and papers".
+    cfg.MODEL.RPL.FORM = "official"
     cfg.MODEL.RPL.ENERGY_WEIGHT = 0.05  # alpha of Eq. 4
     cfg.MODEL.RPL.ENTROPY_T = 1.0  # t of the dis-similarity term of Eq. 5
     # Inlier targets of Eq. 5: "pseudo" = argmax of the frozen model (paper and code), "gt".
@@ -51,6 +59,16 @@ def add_rpl_config(cfg: CfgNode) -> None:
 def downsample_labels(labels: Tensor, size) -> Tensor:
     """N x H x W labels -> N x h x w by nearest-neighbour sampling."""
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def every_process_has(count: int, minimum: int, device) -> bool:
+    """Whether ``count >= minimum`` on every process (an all-reduce of the minimum; RPL's
+    ``trainer.py`` gathers the counts for its CoroCL gate)."""
+    if comm.get_world_size() == 1 or not dist.is_initialized():
+        return count >= minimum
+    value = torch.tensor([count], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item()) >= minimum
 
 
 class ResidualPatternBlock(nn.Module):
@@ -102,6 +120,12 @@ class RPL(PixelOODMethod):
     size must be the crop's, as the official code centre-crops / pads it to the city crop).
     Inference: ``sem_seg`` = the closed-set logits, ``class_scores`` = the RPL logits (default
     score: their energy, smoothed 7x7, as the official test code).
+
+    Official form (``MODEL.RPL.FORM``, RPL's ``trainer.py``): CoroCL runs only when every process
+    holds at least 2 images with outlier pixels; then the raw outlier images go through the
+    residual block together with the city images (its BatchNorm normalises over both, which
+    changes the RPL logits too), and CoroCL reads only the images with outliers and the raw
+    images at the same batch positions. Paper form: separate passes, every image.
     """
 
     default_scores = ("energy",)
@@ -121,8 +145,11 @@ class RPL(PixelOODMethod):
         corocl: bool = True,
         init_from_head_aspp: bool = True,
         expand_lr_factor: float = 10.0,
+        form: str = "official",
     ):
         super().__init__()
+        if form not in ("official", "paper"):
+            raise ValueError(f"MODEL.RPL.FORM must be one of ('official', 'paper'), got {form!r}")
         if corocl and residual.projector is None:
             raise ValueError("MODEL.RPL.COROCL_WEIGHT > 0 needs MODEL.RPL.PROJ_DIM > 0")
         self.residual = residual
@@ -133,6 +160,7 @@ class RPL(PixelOODMethod):
         self.corocl = corocl
         self.init_from_head_aspp = init_from_head_aspp
         self.expand_lr_factor = expand_lr_factor
+        self.form = form
         self.extra_inputs = ("outlier_image",) if corocl else ()
 
     @classmethod
@@ -157,6 +185,7 @@ class RPL(PixelOODMethod):
             "corocl": corocl,
             "init_from_head_aspp": rpl.INIT_FROM_HEAD_ASPP,
             "expand_lr_factor": rpl.EXPAND_LR_MULT,
+            "form": rpl.FORM,
         }
 
     @classmethod
@@ -185,16 +214,62 @@ class RPL(PixelOODMethod):
             state_dict[dst + key[len(src):]] = state_dict[key].clone()
 
     def forward(self, head, features, dec_in, images, targets=None, extras=None) -> Dict[str, Tensor]:
-        residual, hidden = self.residual(features[self.aspp_feature], dec_in.shape[-2:])
+        size = dec_in.shape[-2:]
+        raw = self._official_raw_images(head, features, size, targets, extras)
+        if raw is not None:
+            # One pass over city and raw images: the residual's BatchNorm sees both (official).
+            batch = dec_in.shape[0]
+            both = torch.cat([features[self.aspp_feature], raw.features[self.aspp_feature]])
+            residual, hidden = self.residual(both, size)
+            residual, hidden, raw_hidden = residual[:batch], hidden[:batch], hidden[batch:]
+        else:
+            residual, hidden = self.residual(features[self.aspp_feature], size)
         with torch.no_grad():
             base = head.classify(dec_in)
         rpl_logits = head.upsample(head.classify(dec_in + residual))
         if not self.training:
             return {"sem_seg": head.upsample(base), "class_scores": rpl_logits}
         outputs = {"closed_set_logits": head.upsample(base), "rpl_logits": rpl_logits}
-        if self.corocl:
+        if not self.corocl:
+            return outputs
+        if self.form == "official":
+            outputs.update(self._official_corocl_outputs(hidden, raw_hidden if raw is not None else None, targets))
+        else:
             outputs.update(self._corocl_outputs(head, hidden, targets, extras))
         return outputs
+
+    def _official_raw_images(self, head, features, size, targets, extras):
+        """The raw outlier images when RPL's CoroCL gate passes (training, official form): every
+        process holds >= 2 images with outlier pixels. None otherwise."""
+        if not (self.training and self.corocl and self.form == "official") or "outlier_image" not in (extras or {}):
+            return None
+        has_outlier = (targets.labels == self.ood_label).flatten(1).any(1)
+        if not every_process_has(int(has_outlier.sum()), 2, targets.labels.device):
+            return None
+        raw = extras["outlier_image"]
+        raw_size = raw.features[head.finest_feature].shape[-2:]
+        if raw_size != features[head.finest_feature].shape[-2:]:
+            raise ValueError(
+                f"RPL (MODEL.RPL.FORM official) runs the raw outlier images through the residual block "
+                f"together with the crops, so they need the crops' size: features {tuple(raw_size)} vs "
+                f"{tuple(features[head.finest_feature].shape[-2:])} (enable INPUT.CROP, which fits the raw "
+                f"images to the crop size, or use MODEL.RPL.FORM paper)"
+            )
+        return raw
+
+    def _official_corocl_outputs(self, hidden: Tensor, raw_hidden: Optional[Tensor], targets) -> Dict[str, Tensor]:
+        emb = self.residual.embed(hidden)
+        labels = downsample_labels(targets.labels, emb.shape[-2:])
+        if raw_hidden is None:
+            return {"corocl_embeddings": emb, "corocl_labels": labels}
+        # Only the images with outliers and the raw images at the same batch positions (trainer.py).
+        has_outlier = (targets.labels == self.ood_label).flatten(1).any(1)
+        raw_emb = self.residual.embed(raw_hidden)
+        raw_labels = downsample_labels(targets.extra["outlier_sem_seg"], raw_emb.shape[-2:])
+        return {
+            "corocl_embeddings": emb[has_outlier], "corocl_labels": labels[has_outlier],
+            "corocl_outlier_embeddings": raw_emb[has_outlier], "corocl_outlier_labels": raw_labels[has_outlier],
+        }
 
     def _corocl_outputs(self, head, hidden: Tensor, targets, extras) -> Dict[str, Tensor]:
         emb = self.residual.embed(hidden)

@@ -11,6 +11,7 @@ from detectron2.layers import Conv2d
 from torch import nn
 
 from ..position_encoding import PositionEmbeddingSine
+from .outlier_head import DenseHybridOutlierHead
 from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from .registry import TRANSFORMER_DECODER_REGISTRY
 
@@ -45,6 +46,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         mask_dim: int,
         enforce_input_project: bool,
         num_feature_levels: int = 3,
+        ood_pred: Optional[nn.Module] = None,
     ):
         super().__init__()
         if not mask_classification:
@@ -78,6 +80,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # DenseHybrid's outlier head on the mask features; RbA's code keeps it here, so its
+        # checkpoint keys are sem_seg_head.predictor.ood_pred.*.
+        self.ood_pred = ood_pred
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool = True):
@@ -99,6 +104,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             # RbA: as many levels as the deformable encoder has (stock Mask2Former: always 3).
             "num_feature_levels": len(cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
+            # RbA's DENSE_HYBRID_LOSS adds DenseHybrid's head whenever its training is configured,
+            # so evaluating such a model with the same config finds it.
+            "ood_pred": (DenseHybridOutlierHead(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, kernel_size=mf.DENSE_HYBRID_HEAD_KERNEL)
+                         if mf.DENSE_HYBRID_LOSS else None),
         }
 
     def forward(
@@ -112,7 +121,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         Returns:
             {"pred_logits": B x Q x (C+1), "pred_masks": B x Q x H/4 x W/4,
-             "aux_outputs": [{"pred_logits", "pred_masks"}] * dec_layers (earlier predictions)}.
+             "aux_outputs": [{"pred_logits", "pred_masks"}] * dec_layers (earlier predictions)},
+            with DenseHybrid's head also "pred_outlier": B x 2 x H/4 x W/4 (channel 1 = outlier).
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(
@@ -146,13 +156,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             )
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
-        return {
+        out = {
             "pred_logits": predictions_class[-1],
             "pred_masks": predictions_mask[-1],
             "aux_outputs": [
                 {"pred_logits": c, "pred_masks": m} for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
             ],
         }
+        if self.ood_pred is not None:
+            out["pred_outlier"] = self.ood_pred(mask_features)
+        return out
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Tuple[int, int]
