@@ -117,6 +117,13 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
+    # --- attention kernels ---
+    # Softmax attention (Swin's window attention, the decoder's masked cross-attention and
+    # self-attention) through PyTorch's fused scaled_dot_product_attention; False runs the
+    # reference implementations' separate matmul / add / softmax steps. Same parameters and
+    # checkpoint keys, same outputs to float rounding (tools/benchmark.py model measures both).
+    cfg.MODEL.FUSED_ATTENTION = True
+
     # --- Swin backbone (D2SwinTransformer) ---
     cfg.MODEL.SWIN = CN()
     cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224

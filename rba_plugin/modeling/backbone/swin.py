@@ -4,6 +4,11 @@ Module and parameter names (``patch_embed``, ``layers.{i}.blocks.{j}.attn.qkv``,
 match Mask2Former's ``D2SwinTransformer`` so its checkpoints (and RbA's) load unchanged, and so
 does the arithmetic: windows are padded with zeros *after* the first LayerNorm and the padded
 tokens take part in attention, exactly as in the reference implementation.
+
+Window attention runs fused (``scaled_dot_product_attention`` with the relative position bias and
+the shift mask as its additive mask; the same parameters) or, with ``fused_attention=False``
+(``MODEL.FUSED_ATTENTION False``), as the reference's matmul-softmax-matmul. Every size is
+computed from the input's shape, so the backbone traces (TorchScript, ONNX) for any input size.
 """
 from __future__ import annotations
 
@@ -73,8 +78,19 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return relative[:, :, 0] * (2 * window_size - 1) + relative[:, :, 1]
 
 
+def _tracing() -> bool:
+    # While tracing, sizes are traced tensors: a Python test on them would freeze the branch
+    # taken at the export size, so size-dependent steps (zero padding, cropping) always run.
+    return torch.jit.is_tracing()
+
+
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside a window, with a learned relative position bias."""
+    """Multi-head self-attention inside a window, with a learned relative position bias.
+
+    ``fused_attention`` runs one ``scaled_dot_product_attention`` with bias + shift mask as its
+    additive mask; otherwise q k^T, the bias and mask adds, softmax and the product with v run as
+    separate operations, as in the reference implementation. Both read the same parameters.
+    """
 
     def __init__(
         self,
@@ -85,11 +101,14 @@ class WindowAttention(nn.Module):
         qk_scale: Optional[float] = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        fused_attention: bool = True,
     ):
         super().__init__()
+        self.dim = dim
         self.window_size = window_size
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.fused_attention = fused_attention
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1) ** 2, num_heads)
         )
@@ -101,25 +120,53 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
+    def relative_position_bias(self) -> torch.Tensor:
+        """heads x N x N additive bias of every token pair of a window (N = ws * ws)."""
+        n = self.window_size * self.window_size
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
         Args:
             x: (B * nW) x N x C, N = ws * ws tokens per window.
             mask: nW x N x N additive mask (0 or -100) for shifted windows, or None.
+
+        Returns:
+            (B * nW) x N x C.
         """
-        bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        attn = q @ k.transpose(-2, -1)  # (B*nW) x heads x N x N
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        bw, n = x.shape[0], x.shape[1]
+        # q, k, v stay strided views of the qkv output: the fused kernel reads them in place.
+        q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias()
+        if self.fused_attention:
+            out = self._fused(q, k, v, bias, mask)
+        else:
+            out = self._unfused(q, k, v, bias, mask)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, self.dim)))
+
+    def _fused(self, q, k, v, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if mask is None:
+            attn_mask = bias.unsqueeze(0)  # broadcast over windows
+        else:
+            num_windows = mask.shape[0]
+            # nW x heads x N x N, repeated per image of the batch (a view for one image).
+            attn_mask = bias.unsqueeze(0) + mask.unsqueeze(1)
+            images = q.shape[0] // num_windows
+            attn_mask = attn_mask.unsqueeze(0).expand(images, -1, -1, -1, -1).flatten(0, 1)
+        dropout = self.attn_drop.p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=self.scale)
+
+    def _unfused(self, q, k, v, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        bw, n = q.shape[0], q.shape[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW) x heads x N x N
+        attn = attn + bias.unsqueeze(0)
         if mask is not None:
             num_windows = mask.shape[0]
             attn = attn.view(bw // num_windows, num_windows, self.num_heads, n, n)
             attn = (attn + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.num_heads, n, n)
         attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj_drop(self.proj(x))
+        return attn @ v
 
 
 class SwinTransformerBlock(nn.Module):
@@ -137,6 +184,7 @@ class SwinTransformerBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        fused_attention: bool = True,
     ):
         super().__init__()
         if not 0 <= shift_size < window_size:
@@ -144,12 +192,12 @@ class SwinTransformerBlock(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop, fused_attention)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """x: B x (H * W) x C; shift_mask: nW x N x N (used by shifted blocks only)."""
         b, _, c = x.shape
         ws = self.window_size
@@ -157,7 +205,9 @@ class SwinTransformerBlock(nn.Module):
         x = self.norm1(x).view(b, h, w, c)
         pad_r = (ws - w % ws) % ws
         pad_b = (ws - h % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        padded = _tracing() or pad_r > 0 or pad_b > 0
+        if padded:  # (a copy; skipped when the map tiles into windows)
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         hp, wp = x.shape[1], x.shape[2]
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
@@ -169,8 +219,9 @@ class SwinTransformerBlock(nn.Module):
         x = window_reverse(windows, ws, hp, wp)
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        x = x[:, :h, :w, :].reshape(b, h * w, c)
-        x = shortcut + self.drop_path(x)
+        if padded:
+            x = x[:, :h, :w, :]
+        x = shortcut + self.drop_path(x.reshape(b, h * w, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -186,7 +237,7 @@ class PatchMerging(nn.Module):
         """B x (H * W) x C -> B x (ceil(H/2) * ceil(W/2)) x 2C."""
         b, _, c = x.shape
         x = x.view(b, h, w, c)
-        if h % 2 == 1 or w % 2 == 1:
+        if _tracing() or h % 2 == 1 or w % 2 == 1:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.view(b, -1, 4 * c)))
@@ -194,17 +245,21 @@ class PatchMerging(nn.Module):
 
 def shifted_window_mask(h: int, w: int, window_size: int, shift_size: int, device) -> torch.Tensor:
     """nW x N x N additive mask: -100 between tokens that came from different image regions
-    after the cyclic shift (so they do not attend to each other), 0 otherwise."""
-    hp = int(np.ceil(h / window_size)) * window_size
-    wp = int(np.ceil(w / window_size)) * window_size
-    regions = torch.zeros((1, hp, wp, 1), device=device)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    region = 0
-    for hs in bounds:
-        for wsl in bounds:
-            regions[:, hs, wsl, :] = region
-            region += 1
-    ids = window_partition(regions, window_size).reshape(-1, window_size * window_size)
+    after the cyclic shift (so they do not attend to each other), 0 otherwise.
+
+    ``h`` and ``w`` may be traced sizes: the mask is built from ``arange`` comparisons, not from
+    Python slices, so a traced model computes it for the size it is run at.
+    """
+    hp = (h + window_size - 1) // window_size * window_size
+    wp = (w + window_size - 1) // window_size * window_size
+
+    def region(length) -> torch.Tensor:
+        # 0 before the last window, 1 in the last window before the shift, 2 in the shifted-in part.
+        index = torch.arange(length, device=device)
+        return (index >= length - window_size).long() + (index >= length - shift_size).long()
+
+    regions = (region(hp)[:, None] * 3 + region(wp)[None, :]).float()
+    ids = window_partition(regions[None, :, :, None], window_size).reshape(-1, window_size * window_size)
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
@@ -227,6 +282,7 @@ class BasicLayer(nn.Module):
         drop_path: Sequence[float],
         downsample: bool,
         use_checkpoint: bool = False,
+        fused_attention: bool = True,
     ):
         super().__init__()
         self.window_size = window_size
@@ -245,6 +301,7 @@ class BasicLayer(nn.Module):
                     drop,
                     attn_drop,
                     drop_path[i],
+                    fused_attention,
                 )
                 for i in range(depth)
             ]
@@ -253,7 +310,8 @@ class BasicLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
         """x: B x (H * W) x C. Returns (stage output, input of the next stage, next H, next W)."""
-        mask = shifted_window_mask(h, w, self.window_size, self.shift_size, x.device)
+        shifted = any(block.shift_size > 0 for block in self.blocks)
+        mask = shifted_window_mask(h, w, self.window_size, self.shift_size, x.device) if shifted else None
         for block in self.blocks:
             if self.use_checkpoint and self.training:
                 x = checkpoint.checkpoint(block, x, h, w, mask, use_reentrant=False)
@@ -279,7 +337,9 @@ class PatchEmbed(nn.Module):
         """B x 3 x H x W -> B x C x ceil(H/p) x ceil(W/p)."""
         _, _, h, w = x.shape
         p = self.patch_size
-        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        pad_r, pad_b = (p - w % p) % p, (p - h % p) % p
+        if _tracing() or pad_r > 0 or pad_b > 0:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
         x = self.proj(x)
         if self.norm is not None:
             hh, ww = x.shape[2], x.shape[3]
@@ -288,7 +348,11 @@ class PatchEmbed(nn.Module):
 
 
 class SwinTransformer(nn.Module):
-    """Swin Transformer returning the normalised output of every stage in ``out_indices``."""
+    """Swin Transformer returning the normalised output of every stage in ``out_indices``.
+
+    ``fused_attention``: window attention through ``scaled_dot_product_attention`` (default) or
+    the reference's separate operations (same parameters, same outputs to float rounding).
+    """
 
     def __init__(
         self,
@@ -309,6 +373,7 @@ class SwinTransformer(nn.Module):
         patch_norm: bool = True,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         use_checkpoint: bool = False,
+        fused_attention: bool = True,
     ):
         super().__init__()
         if len(depths) != len(num_heads):
@@ -342,6 +407,7 @@ class SwinTransformer(nn.Module):
                     drop_path=rates[start : start + depths[i]],
                     downsample=i < self.num_layers - 1,
                     use_checkpoint=use_checkpoint,
+                    fused_attention=fused_attention,
                 )
             )
         self.num_features = [embed_dim * 2**i for i in range(self.num_layers)]
@@ -414,6 +480,7 @@ class D2SwinTransformer(SwinTransformer, Backbone):
             "patch_norm": s.PATCH_NORM,
             "use_checkpoint": s.USE_CHECKPOINT,
             "out_features": list(s.OUT_FEATURES),
+            "fused_attention": cfg.MODEL.FUSED_ATTENTION,
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
