@@ -5,14 +5,23 @@ match Mask2Former's ``D2SwinTransformer`` so its checkpoints (and RbA's) load un
 does the arithmetic: windows are padded with zeros *after* the first LayerNorm and the padded
 tokens take part in attention, exactly as in the reference implementation.
 
-Window attention runs fused (``scaled_dot_product_attention`` with the relative position bias and
-the shift mask as its additive mask; the same parameters) or, with ``fused_attention=False``
-(``MODEL.FUSED_ATTENTION False``), as the reference's matmul-softmax-matmul. Every size is
-computed from the input's shape, so the backbone traces (TorchScript, ONNX) for any input size.
+Two paths compute the same blocks from the same parameters (``MODEL.FUSED_ATTENTION``):
+
+* fused (default): one index gather takes a stage's tokens to a batch of windows (zero padding and
+  the cyclic shift included; :func:`window_layout`) and one takes the attended windows back
+  (dropping the padding before ``proj``), and attention is ``scaled_dot_product_attention`` with
+  the relative position bias as its additive mask. Shifted blocks put the windows that the shift
+  mask touches (last window row and column) last, so the others share one broadcast bias and only
+  those get a per-window bias + mask.
+* reference (``fused_attention=False``): the official code's pad, roll, partition, matmul-softmax-
+  matmul, reverse, roll and crop.
+
+Every size is computed from the input's shape, so the backbone traces (TorchScript, ONNX) for
+any input size.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -157,6 +166,42 @@ class WindowAttention(nn.Module):
         dropout = self.attn_drop.p if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=self.scale)
 
+    def attend_windows(
+        self, windows: torch.Tensor, num_plain, tail_mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The fused path's attention, before ``proj`` (see :func:`window_layout`).
+
+        Args:
+            windows: (B * nW) x N x C, the first ``num_plain`` windows without shift mask.
+            tail_mask: nT x N x N shift mask of the others (per image, repeated over the images),
+                or None when no window has one.
+
+        Returns:
+            (B * nW) x N x C.
+        """
+        bw, n = windows.shape[0], windows.shape[1]
+        q, k, v = self.qkv(windows).reshape(bw, n, 3, self.num_heads, self.dim // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias().unsqueeze(0)
+        dropout = self.attn_drop.p if self.training else 0.0
+        if tail_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+            return out.transpose(1, 2).reshape(bw, n, self.dim)
+        plain = F.scaled_dot_product_attention(
+            q[:num_plain], k[:num_plain], v[:num_plain], attn_mask=bias, dropout_p=dropout, scale=self.scale
+        )
+        tail_bias = bias + tail_mask.unsqueeze(1)  # nT x heads x N x N
+        images = (bw - num_plain) // tail_mask.shape[0]
+        tail_bias = tail_bias.unsqueeze(0).expand(images, -1, -1, -1, -1).flatten(0, 1)
+        tail = F.scaled_dot_product_attention(
+            q[num_plain:], k[num_plain:], v[num_plain:], attn_mask=tail_bias, dropout_p=dropout, scale=self.scale
+        )
+        # One copy into token-major layout for both parts.
+        return torch.cat([plain.transpose(1, 2), tail.transpose(1, 2)]).reshape(bw, n, self.dim)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The output projection (per token) and its dropout."""
+        return self.proj_drop(self.proj(x))
+
     def _unfused(self, q, k, v, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         bw, n = q.shape[0], q.shape[2]
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (B*nW) x heads x N x N
@@ -197,11 +242,34 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """x: B x (H * W) x C; shift_mask: nW x N x N (used by shifted blocks only)."""
+    def forward(self, x: torch.Tensor, h: int, w: int, windows) -> torch.Tensor:
+        """
+        Args:
+            x: B x (H * W) x C.
+            windows: the fused path's :class:`WindowLayout` for this block's shift; on the
+                reference path the stage's nW x N x N shift mask (read by shifted blocks only).
+
+        Returns:
+            B x (H * W) x C.
+        """
+        if self.attn.fused_attention:
+            x = x + self.drop_path(self._attention_fused(x, windows))
+        else:
+            x = x + self.drop_path(self._attention_reference(x, h, w, windows))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _attention_fused(self, x: torch.Tensor, layout: "WindowLayout") -> torch.Tensor:
+        b, length, c = x.shape
+        n = self.window_size * self.window_size
+        windows = self.norm1(x).reshape(b * length, c).index_select(0, layout.gather)
+        windows.index_fill_(0, layout.pad, 0.0)  # padding tokens are zeros after the norm
+        windows = self.attn.attend_windows(windows.view(-1, n, c), layout.num_plain, layout.tail_mask)
+        tokens = windows.view(-1, c).index_select(0, layout.scatter).view(b, length, c)
+        return self.attn.project(tokens)  # per token, so only the real tokens are projected
+
+    def _attention_reference(self, x: torch.Tensor, h: int, w: int, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
         b, _, c = x.shape
         ws = self.window_size
-        shortcut = x
         x = self.norm1(x).view(b, h, w, c)
         pad_r = (ws - w % ws) % ws
         pad_b = (ws - h % ws) % ws
@@ -221,8 +289,7 @@ class SwinTransformerBlock(nn.Module):
             x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
         if padded:
             x = x[:, :h, :w, :]
-        x = shortcut + self.drop_path(x.reshape(b, h * w, c))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.reshape(b, h * w, c)
 
 
 class PatchMerging(nn.Module):
@@ -262,6 +329,71 @@ def shifted_window_mask(h: int, w: int, window_size: int, shift_size: int, devic
     ids = window_partition(regions[None, :, :, None], window_size).reshape(-1, window_size * window_size)
     diff = ids.unsqueeze(1) - ids.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class WindowLayout(NamedTuple):
+    """Where the fused path puts a stage's tokens (B x H x W, flattened) in its window batch
+    ((B * nW) x N slots) and back: one ``index_select`` each way."""
+
+    gather: torch.Tensor  # (B * nW * N) token of every slot (padding slots: any, then zeroed)
+    pad: torch.Tensor  # slots of padding tokens (possibly empty)
+    scatter: torch.Tensor  # (B * H * W) slot of every token
+    num_plain: int  # leading windows (of all images) without shift mask
+    tail_mask: Optional[torch.Tensor]  # nT x N x N shift mask of each image's other windows
+
+
+def window_layout(batch: int, h: int, w: int, window_size: int, shift_size: int, device) -> WindowLayout:
+    """The fused path's window order for a stage of ``h`` x ``w`` tokens (sizes may be traced).
+
+    Slots hold the windows of the zero-padded map after the cyclic shift by ``-shift_size``, as
+    the reference's pad, roll and partition give them, but ordered: first every image's windows
+    that the shift mask leaves alone (all windows when ``shift_size`` is 0), then every image's
+    windows of the last window row and column, whose masks ``tail_mask`` holds.
+    """
+    ws = window_size
+    n = ws * ws
+    hp = (h + ws - 1) // ws * ws
+    wp = (w + ws - 1) // ws * ws
+    rows, cols = hp // ws, wp // ws
+    # Source token of every position of the shifted, padded grid.
+    src_y = (torch.arange(hp, device=device) + shift_size) % hp
+    src_x = (torch.arange(wp, device=device) + shift_size) % wp
+    valid = (src_y < h)[:, None] & (src_x < w)[None, :]
+    source = torch.where(valid, src_y[:, None] * w + src_x[None, :], torch.zeros_like(valid, dtype=torch.long))
+    source = window_partition(source[None, :, :, None], ws).reshape(-1, n)  # nW x N, natural order
+    valid = window_partition(valid[None, :, :, None], ws).reshape(-1, n)
+    ids = torch.arange(rows * cols, device=device).view(rows, cols)
+    if shift_size > 0:
+        last = (torch.arange(rows, device=device) == rows - 1)[:, None] | (torch.arange(cols, device=device) == cols - 1)[None, :]
+        order = torch.cat([ids[~last], ids[last]])
+        per_image_plain = (rows - 1) * (cols - 1)
+        tail_mask = shifted_window_mask(h, w, ws, shift_size, device)[order[per_image_plain:]]
+    else:
+        order = ids.flatten()
+        per_image_plain = rows * cols
+        tail_mask = None
+    images = torch.arange(batch, device=device)[:, None, None]
+    parts, part_valid = [], []
+    for part in (order[:per_image_plain], order[per_image_plain:]):
+        parts.append((images * (h * w) + source[part][None]).flatten())
+        part_valid.append(valid[part][None].expand(batch, -1, -1).flatten())
+    gather = torch.cat(parts)
+    pad = (~torch.cat(part_valid)).nonzero().flatten()
+    # Slot of every token: its window's rank in ``order`` (plain windows of all images first).
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(rows * cols, device=device))
+    y = (torch.arange(h, device=device) - shift_size) % hp
+    x = (torch.arange(w, device=device) - shift_size) % wp
+    window_rank = rank[(y // ws)[:, None] * cols + (x // ws)[None, :]].flatten()  # H*W
+    within = ((y % ws) * ws)[:, None] + (x % ws)[None, :]
+    tail_windows = rows * cols - per_image_plain
+    image = images.flatten()[:, None]
+    slot_window = torch.where(
+        window_rank[None] < per_image_plain,
+        image * per_image_plain + window_rank[None],
+        batch * per_image_plain + image * tail_windows + (window_rank[None] - per_image_plain),
+    )
+    scatter = (slot_window * n + within.flatten()[None]).flatten()
+    return WindowLayout(gather, pad, scatter, batch * per_image_plain, tail_mask)
 
 
 class BasicLayer(nn.Module):
@@ -310,13 +442,17 @@ class BasicLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
         """x: B x (H * W) x C. Returns (stage output, input of the next stage, next H, next W)."""
-        shifted = any(block.shift_size > 0 for block in self.blocks)
-        mask = shifted_window_mask(h, w, self.window_size, self.shift_size, x.device) if shifted else None
+        shifts = sorted({block.shift_size for block in self.blocks})
+        if self.blocks[0].attn.fused_attention:  # one layout per shift, shared by the stage's blocks
+            windows = {s: window_layout(x.shape[0], h, w, self.window_size, s, x.device) for s in shifts}
+        else:
+            mask = shifted_window_mask(h, w, self.window_size, self.shift_size, x.device) if shifts[-1] else None
+            windows = {s: mask for s in shifts}
         for block in self.blocks:
             if self.use_checkpoint and self.training:
-                x = checkpoint.checkpoint(block, x, h, w, mask, use_reentrant=False)
+                x = checkpoint.checkpoint(block, x, h, w, windows[block.shift_size], use_reentrant=False)
             else:
-                x = block(x, h, w, mask)
+                x = block(x, h, w, windows[block.shift_size])
         if self.downsample is None:
             return x, x, h, w
         return x, self.downsample(x, h, w), (h + 1) // 2, (w + 1) // 2
