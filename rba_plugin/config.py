@@ -142,6 +142,10 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.PATCH_NORM = True
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # Swin's Linear layers by oneDNN where no gradient is asked of them on the CPU (inference,
+    # frozen backbone): MKL's sgemm, which F.linear calls, runs at less than half oneDNN's rate on
+    # CPUs it does not tune for (AMD); same outputs to float rounding (rba_plugin/layers/linear.py).
+    cfg.MODEL.SWIN.ONEDNN_LINEAR = True
 
 
 def add_rba_config(cfg: CfgNode) -> None:

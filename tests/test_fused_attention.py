@@ -149,3 +149,22 @@ def test_swin_paths_agree_forward_and_backward(size):
     for name, grad in grads[0].items():
         scale = max(1.0, grads[1][name].abs().max().item())
         assert (grad - grads[1][name]).abs().max().item() <= PATHS_ATOL * scale, name
+
+
+def test_onednn_linear_is_nn_linear():
+    # Same parameters and keys as nn.Linear; the oneDNN product only where no gradient is asked.
+    from rba_plugin.layers import Linear, onednn_linear_available
+
+    torch.manual_seed(0)
+    layer, plain = Linear(64, 96), torch.nn.Linear(64, 96)
+    plain.load_state_dict(layer.state_dict())
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    x = torch.randn(3, 50, 64)
+    with torch.no_grad():
+        got, expected = layer(x), plain(x)
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    # With autograd it is F.linear itself (oneDNN's operator has no gradient here).
+    x.requires_grad_()
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    assert onednn_linear_available() == (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))

@@ -5,9 +5,12 @@ maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml, the released model's architec
 weights (seed 0, the same in every case) on one --height x --width image. For each --threads
 value, each case runs in a fresh process:
 
-* ``unfused``: PyTorch with MODEL.FUSED_ATTENTION False, the reference implementations' attention
-  (separate matmul / add / softmax, pad-roll-partition copies): the official code's speed;
-* ``fused``: PyTorch with the default fused path;
+* ``unfused``: PyTorch with MODEL.FUSED_ATTENTION False and MODEL.SWIN.ONEDNN_LINEAR False: the
+  reference implementations' attention (separate matmul / add / softmax, pad-roll-partition
+  copies) and F.linear's MKL products, i.e. the official code's operations and speed;
+* ``fused_mkl``: fused attention and layout (MODEL.FUSED_ATTENTION True), MKL products
+  (MODEL.SWIN.ONEDNN_LINEAR False): what the attention work alone gives;
+* ``fused``: PyTorch with the defaults (fused attention, oneDNN products): our inference;
 * ``onnxruntime``: the fused model exported with rba_plugin.export (traced at a smaller size,
   checked at two sizes) and run by onnxruntime with that many intra-op threads.
 
@@ -41,7 +44,9 @@ from .common import run_isolated, time_and_peak
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWIN_B_1DL = REPO_ROOT / "configs/cityscapes/mask2former/swin/maskformer2_swin_base_IN21k_384_bs16_90k_1dl.yaml"
 SYNTHETIC = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_swin_micro_1dl.yaml"
-CASES = ("unfused", "fused", "onnxruntime")
+CASES = ("unfused", "fused_mkl", "fused", "onnxruntime")
+# case -> (MODEL.FUSED_ATTENTION, MODEL.SWIN.ONEDNN_LINEAR)
+TORCH_CASES = {"unfused": (False, False), "fused_mkl": (True, False), "fused": (True, True)}
 SMOKE = {"height": 64, "width": 128, "repeats": 1, "warmup": 0, "threads": [1]}
 
 
@@ -60,14 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)  # ONNX file and outputs, internal
 
 
-def _config(args, fused: bool):
+def _config(args, case: str):
+    fused, onednn = TORCH_CASES[case]
     return load_config(args.config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.OOD.SCORES", "['rba']",
-                                     "MODEL.FUSED_ATTENTION", str(fused)])
+                                     "MODEL.FUSED_ATTENTION", str(fused), "MODEL.SWIN.ONEDNN_LINEAR", str(onednn)])
 
 
-def _build(args, fused: bool):
+def _build(args, case: str):
     torch.manual_seed(0)  # the same random weights in every case
-    return build_model(_config(args, fused)).eval()
+    return build_model(_config(args, case)).eval()
 
 
 def _image(args) -> torch.Tensor:
@@ -78,8 +84,8 @@ def _image(args) -> torch.Tensor:
 def export_onnx(args) -> str:
     """The fused model as ONNX in ``args.work_dir``; returns its path."""
     path = os.path.join(args.work_dir, "model.onnx")
-    model = _build(args, fused=True)
-    export_model(_config(args, True), model, path, "onnx", sample_size=tuple(args.export_size))
+    model = _build(args, "fused")
+    export_model(_config(args, "fused"), model, path, "onnx", sample_size=tuple(args.export_size))
     return path
 
 
@@ -94,7 +100,7 @@ def measure(case: str, threads: int, args) -> dict:
             out = exported(image[None].float(), size)
             return out["sem_seg"], out["score_rba"]
     else:
-        model = _build(args, fused=case == "fused")
+        model = _build(args, case)
 
         def run():
             with torch.no_grad():
@@ -125,7 +131,11 @@ def run(args: argparse.Namespace) -> None:
             setattr(args, key, value)
     if args.child:
         case, threads = args.child.split(":")
-        print(json.dumps(measure(case, int(threads), args)))
+        if case == "export":
+            export_onnx(args)
+            print(json.dumps({}))
+        else:
+            print(json.dumps(measure(case, int(threads), args)))
         return
     with tempfile.TemporaryDirectory(prefix="rba_bench_model_") as work_dir:
         args.work_dir = work_dir
@@ -145,23 +155,26 @@ def _run(args: argparse.Namespace) -> None:
     print(f"model: {name}, random weights (seed 0), {args.height}x{args.width}, median of {args.repeats} "
           f"after {args.warmup} warm-up, "
           + ("[smoke: micro Swin, in-process]" if args.smoke else "each case in a fresh process"))
-    export_onnx(args)  # in this process: it is not timed
+    # Exported in a child too: a large parent would weigh on the machine while the cases run.
+    export_onnx(args) if args.smoke else run_isolated(common + ["--export-size", *map(str, args.export_size), "--child", "export:0"])
     for threads in args.threads:
         res = {case: child(case, threads) for case in CASES}
         for case in CASES:
             r = res[case]
             print(f"model {threads}T {case:12s}: wall {r['ms']:9.1f} ms  CPU {r['cpu_ms']:9.1f} ms  "
                   f"peak +{r['peak_mib']:7.1f} MiB")
-        u, f, o = res["unfused"], res["fused"], res["onnxruntime"]
+        u, m, f, o = res["unfused"], res["fused_mkl"], res["fused"], res["onnxruntime"]
         print(f"model {threads}T fused vs unfused (official speed): x{u['ms'] / f['ms']:.2f} wall, "
               f"x{u['cpu_ms'] / f['cpu_ms']:.2f} CPU (target >= 1.25); peak memory fused/unfused "
-              f"{f['peak_mib'] / max(u['peak_mib'], 1e-6):.2f}")
+              f"{f['peak_mib'] / max(u['peak_mib'], 1e-6):.2f}; of which fused attention and layout alone "
+              f"(fused_mkl vs unfused) x{u['ms'] / m['ms']:.2f} wall, x{u['cpu_ms'] / m['cpu_ms']:.2f} CPU")
         faster, slower = ("onnxruntime", f) if o["ms"] < f["ms"] else ("PyTorch fused", o)
         fast = o if faster == "onnxruntime" else f
         print(f"model {threads}T onnxruntime vs PyTorch fused: {faster} faster, x{slower['ms'] / fast['ms']:.2f} wall, "
               f"x{slower['cpu_ms'] / fast['cpu_ms']:.2f} CPU; peak memory onnxruntime/fused "
               f"{o['peak_mib'] / max(f['peak_mib'], 1e-6):.2f}")
         print(f"model {threads}T outputs, max abs difference to fused: unfused {_max_diff(args.work_dir, 'unfused', 'fused', threads)}; "
+              f"fused_mkl {_max_diff(args.work_dir, 'fused_mkl', 'fused', threads)}; "
               f"onnxruntime {_max_diff(args.work_dir, 'onnxruntime', 'fused', threads)}")
     if args.no_finetune:
         return

@@ -31,6 +31,8 @@ from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import nn
 
+from ...layers import Linear
+
 __all__ = ["SwinTransformer", "D2SwinTransformer"]
 
 
@@ -55,9 +57,9 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,9 +125,9 @@ class WindowAttention(nn.Module):
         )
         # Persistent: official checkpoints carry it, so strict loading expects it.
         self.register_buffer("relative_position_index", relative_position_index(window_size))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
@@ -297,7 +299,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -488,6 +490,8 @@ class SwinTransformer(nn.Module):
 
     ``fused_attention``: window attention through ``scaled_dot_product_attention`` (default) or
     the reference's separate operations (same parameters, same outputs to float rounding).
+    ``onednn_linear``: the Linear layers' products by oneDNN at inference on the CPU
+    (:mod:`rba_plugin.layers.linear`; same outputs to float rounding) or always by ``F.linear``.
     """
 
     def __init__(
@@ -510,6 +514,7 @@ class SwinTransformer(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         use_checkpoint: bool = False,
         fused_attention: bool = True,
+        onednn_linear: bool = True,
     ):
         super().__init__()
         if len(depths) != len(num_heads):
@@ -550,6 +555,9 @@ class SwinTransformer(nn.Module):
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
         self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.onednn = onednn_linear
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -617,6 +625,7 @@ class D2SwinTransformer(SwinTransformer, Backbone):
             "use_checkpoint": s.USE_CHECKPOINT,
             "out_features": list(s.OUT_FEATURES),
             "fused_attention": cfg.MODEL.FUSED_ATTENTION,
+            "onednn_linear": s.ONEDNN_LINEAR,
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
