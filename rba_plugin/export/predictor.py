@@ -6,7 +6,6 @@ import math
 from typing import Dict, Optional
 
 import numpy as np
-import torch
 from detectron2.data import transforms as T
 
 from ..engine.predictor import prepare_image

@@ -168,11 +168,12 @@ def _run(args: argparse.Namespace) -> None:
               f"x{u['cpu_ms'] / f['cpu_ms']:.2f} CPU (target >= 1.25); peak memory fused/unfused "
               f"{f['peak_mib'] / max(u['peak_mib'], 1e-6):.2f}; of which fused attention and layout alone "
               f"(fused_mkl vs unfused) x{u['ms'] / m['ms']:.2f} wall, x{u['cpu_ms'] / m['cpu_ms']:.2f} CPU")
-        faster, slower = ("onnxruntime", f) if o["ms"] < f["ms"] else ("PyTorch fused", o)
+        # Judged by CPU time: other jobs on a shared machine stretch wall time by more than the gap.
+        faster, slower = ("onnxruntime", f) if o["cpu_ms"] < f["cpu_ms"] else ("PyTorch fused", o)
         fast = o if faster == "onnxruntime" else f
-        print(f"model {threads}T onnxruntime vs PyTorch fused: {faster} faster, x{slower['ms'] / fast['ms']:.2f} wall, "
-              f"x{slower['cpu_ms'] / fast['cpu_ms']:.2f} CPU; peak memory onnxruntime/fused "
-              f"{o['peak_mib'] / max(f['peak_mib'], 1e-6):.2f}")
+        print(f"model {threads}T onnxruntime vs PyTorch fused: {faster} faster by CPU time, "
+              f"x{slower['cpu_ms'] / fast['cpu_ms']:.2f} CPU, x{slower['ms'] / fast['ms']:.2f} wall; peak memory "
+              f"onnxruntime/fused {o['peak_mib'] / max(f['peak_mib'], 1e-6):.2f}")
         print(f"model {threads}T outputs, max abs difference to fused: unfused {_max_diff(args.work_dir, 'unfused', 'fused', threads)}; "
               f"fused_mkl {_max_diff(args.work_dir, 'fused_mkl', 'fused', threads)}; "
               f"onnxruntime {_max_diff(args.work_dir, 'onnxruntime', 'fused', threads)}")
