@@ -266,6 +266,7 @@ def export_model(
                     )
         metadata = _metadata(cfg, model, wrapper, fmt, opset, sizes, errors)
         _write_metadata(tmp, fmt, metadata, traced)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the exported file private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
