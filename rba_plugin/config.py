@@ -120,6 +120,13 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
+    # --- attention kernels ---
+    # Softmax attention (Swin's window attention, the decoder's masked cross-attention and
+    # self-attention) through PyTorch's fused scaled_dot_product_attention; False runs the
+    # reference implementations' separate matmul / add / softmax steps. Same parameters and
+    # checkpoint keys, same outputs to float rounding (tools/benchmark.py model measures both).
+    cfg.MODEL.FUSED_ATTENTION = True
+
     # --- Swin backbone (D2SwinTransformer) ---
     cfg.MODEL.SWIN = CN()
     cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
@@ -138,6 +145,10 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.PATCH_NORM = True
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+    # Swin's Linear layers by oneDNN where no gradient is asked of them on the CPU (inference,
+    # frozen backbone): MKL's sgemm, which F.linear calls, runs at less than half oneDNN's rate on
+    # CPUs it does not tune for (AMD); same outputs to float rounding (rba_plugin/layers/linear.py).
+    cfg.MODEL.SWIN.ONEDNN_LINEAR = True
 
 
 def add_rba_config(cfg: CfgNode) -> None:

@@ -3,12 +3,13 @@
 
     python tools/benchmark.py msda        # compiled deformable attention vs the PyTorch oracle
     python tools/benchmark.py eval        # streaming anomaly metrics vs scikit-learn
-    python tools/benchmark.py model       # Mask2Former Swin-B 1dl inference, synthetic training step
-    python tools/benchmark.py finetune    # one RbA fine-tuning step: frozen-in-eval vs frozen parts training
+    python tools/benchmark.py model       # Swin-B 1dl inference: reference vs fused attention vs onnxruntime; fine-tuning step
+    python tools/benchmark.py finetune    # one RbA fine-tuning step: frozen-in-eval vs the official code's style
     python tools/benchmark.py all         # every benchmark in turn
 
 Each sub-command lives in tools/benchmarks/<name>.py with ``add_arguments(parser)`` and
-``run(args)``. Absolute timings on a shared 2-core machine are noisy; compare the ratios.
+``run(args)``, and has a ``--smoke`` mode (tiny sizes, in-process) that a test runs. Absolute
+timings on a shared 2-core machine are noisy; compare the ratios.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 
     python tools/demo.py --config-file CFG --input img.png|folder [more ...] --output DIR \\
         [--score rba] [--score-format npy png16] --opts MODEL.WEIGHTS path/to/model_final.pth
+    python tools/demo.py --onnx model.onnx --input ... --output DIR [--score rba]   # an exported file
 
 Per input image ``<stem>``, under DIR:
   <stem>_anomaly.png   anomaly heat-map (bright = anomalous) blended over the image
@@ -14,6 +15,10 @@ Per input image ``<stem>``, under DIR:
 Grayscale, 16-bit, palette and RGBA images are converted to RGB. ``--score NAME`` shows any
 registered score the model can produce (e.g. ``densehybrid`` on a DenseHybrid model,
 ``unknown_probability`` on VCA); without it, the model's first configured score.
+
+``--onnx FILE`` / ``--torchscript FILE`` run a file written by ``tools/export_model.py`` instead
+(onnxruntime / TorchScript; no config or checkpoint: the file carries the test-time resize, the
+input format and the palette). ``--score`` then picks one of the exported scores.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 from rba_plugin.config import load_config
 from rba_plugin.data.image_io import read_rgb_image
 from rba_plugin.engine.predictor import AnomalyPredictor
+from rba_plugin.export import ExportedPredictor
 from rba_plugin.modeling.ood import available_scores
 from rba_plugin.utils.prediction_files import SCORE_FORMATS, write_prediction_files
 from tqdm import tqdm
@@ -39,13 +45,22 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".p
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--config-file", metavar="FILE", help="the model's config (not with --onnx / --torchscript)")
+    exported = parser.add_mutually_exclusive_group()
+    exported.add_argument("--onnx", metavar="FILE", help="run an exported ONNX file (onnxruntime) instead")
+    exported.add_argument("--torchscript", metavar="FILE", help="run an exported TorchScript file instead")
     parser.add_argument("--input", required=True, nargs="+", help="image files and / or folders of images")
     parser.add_argument("--output", required=True, help="folder for the result files (created)")
     parser.add_argument("--score", default=None, help=f"anomaly score to show (one the model can produce): {', '.join(available_scores())}")
     parser.add_argument("--score-format", nargs="+", default=list(SCORE_FORMATS), choices=SCORE_FORMATS)
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.exported = args.onnx or args.torchscript
+    if args.exported and (args.config_file or args.opts):
+        parser.error("--config-file / --opts are not used with an exported file: it carries what the demo needs")
+    if not args.exported and not args.config_file:
+        parser.error("one of --config-file, --onnx or --torchscript is required")
+    return args
 
 
 def list_images(inputs: Sequence[str]) -> List[Path]:
@@ -74,9 +89,11 @@ def main(argv: Sequence[str] = None) -> int:
     args = parse_args(argv)
     setup_logger(name="rba_plugin")
     logger = logging.getLogger("rba_plugin.demo")
-    cfg = load_config(args.config_file, args.opts)
     images = list_images(args.input)  # bad paths fail before the model is built
-    predictor = AnomalyPredictor(cfg, score_name=args.score)
+    if args.exported:
+        predictor = ExportedPredictor(args.exported, score_name=args.score)
+    else:
+        predictor = AnomalyPredictor(load_config(args.config_file, args.opts), score_name=args.score)
     os.makedirs(args.output, exist_ok=True)
     class_dim = 0
     score_names = set()

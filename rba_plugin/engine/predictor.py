@@ -14,7 +14,7 @@ from ..config import set_anomaly_scores
 from ..data.anomaly_datasets import CITYSCAPES_STUFF_COLORS
 from .checkpoint import SafeCheckpointer
 
-__all__ = ["AnomalyPredictor", "palette_of"]
+__all__ = ["AnomalyPredictor", "palette_of", "prepare_image"]
 
 
 def palette_of(cfg, num_classes: int):
@@ -26,6 +26,20 @@ def palette_of(cfg, num_classes: int):
             if colors is not None and len(colors) >= num_classes:
                 return [tuple(c) for c in colors]
     return [tuple(c) for c in CITYSCAPES_STUFF_COLORS]
+
+
+def prepare_image(image_rgb: np.ndarray, input_format: str, resize: T.Augmentation, file_name: str = "") -> torch.Tensor:
+    """An H x W x 3 uint8 RGB image as the model's 3 x h x w uint8 input: channels in
+    ``input_format`` ("RGB" or "BGR"), resized by ``resize`` (the test-time resize).
+
+    Raises:
+        ValueError: not an H x W x 3 uint8 array (naming ``file_name``).
+    """
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(f"{file_name or 'image'}: expected H x W x 3 uint8 RGB, got {image_rgb.dtype} {image_rgb.shape}")
+    image = image_rgb if input_format == "RGB" else image_rgb[:, :, ::-1]
+    image = resize.get_transform(image).apply_image(image)
+    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 class AnomalyPredictor:
@@ -62,12 +76,8 @@ class AnomalyPredictor:
     def __call__(self, image_rgb: np.ndarray, file_name: str = "") -> Dict:
         """Model output for one H x W x 3 uint8 RGB image, plus ``"anomaly"`` (H x W float32
         numpy: the score ``"anomaly_name"``, higher = more anomalous)."""
-        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise ValueError(f"{file_name or 'image'}: expected H x W x 3 uint8 RGB, got {image_rgb.dtype} {image_rgb.shape}")
+        tensor = prepare_image(image_rgb, self.input_format, self.resize, file_name)
         height, width = image_rgb.shape[:2]
-        image = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
-        image = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         inputs = {"image": tensor, "height": height, "width": width}
         if file_name:
             inputs["file_name"] = os.fspath(file_name)

@@ -16,12 +16,17 @@ returns                N x Q x (M * D)              sum of weighted bilinear sam
 
 A location is read bilinearly at pixel (x W_l - 0.5, y H_l - 0.5), with zeros outside the map,
 exactly as ``grid_sample(..., align_corners=False, padding_mode="zeros")``.
+
+While the model is traced (``torch.jit.trace``, ONNX export) :func:`ms_deform_attn` takes the
+``grid_sample`` formulation with every level's size and offset read from ``spatial_shapes`` and
+``level_start_index`` in the graph, so the traced model works at any input size (ONNX GridSample,
+opset >= 16); the compiled kernels are an autograd ``Function`` that a trace cannot record.
 """
 from __future__ import annotations
 
 import importlib
 import logging
-from typing import Optional, Sequence
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +158,15 @@ def check_ms_deform_attn_inputs(
         )
 
 
+def _levels(spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> List[Tuple]:
+    """(H_l, W_l, start_l) of every level: Python ints, or 0-dim tensors while tracing (so the
+    traced graph reads them from its inputs instead of freezing the export size's values)."""
+    if torch.jit.is_tracing():
+        return [(spatial_shapes[i, 0], spatial_shapes[i, 1], level_start_index[i])
+                for i in range(spatial_shapes.shape[0])]
+    return [(h, w, start) for (h, w), start in zip(spatial_shapes.tolist(), level_start_index.tolist())]
+
+
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -172,13 +186,11 @@ def ms_deform_attn_pytorch(
         )
     n, _, m, d = value.shape
     _, q, _, num_levels, p, _ = sampling_locations.shape
-    shapes: Sequence = spatial_shapes.tolist()
-    starts: Sequence = level_start_index.tolist()
     grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] coordinates
     sampled = []
-    for lvl, (h, w) in enumerate(shapes):
+    for lvl, (h, w, start) in enumerate(_levels(spatial_shapes, level_start_index)):
         # N x HW x M x D -> (N M) x D x H x W
-        value_l = value[:, starts[lvl] : starts[lvl] + h * w]
+        value_l = value[:, start : start + h * w]
         value_l = value_l.permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # N x Q x M x P x 2 -> (N M) x Q x P x 2
         grid_l = grids[:, :, :, lvl].transpose(1, 2).reshape(n * m, q, p, 2)
@@ -221,11 +233,18 @@ def ms_deform_attn(
     """Multi-scale deformable attention (see the module docstring for shapes).
 
     Runs the compiled kernels of ``rba_plugin._C`` for the tensors' device (C++ on the CPU,
-    CUDA on a GPU) and :func:`ms_deform_attn_pytorch` where no kernel was built.
+    CUDA on a GPU) and :func:`ms_deform_attn_pytorch` where no kernel was built or while the
+    model is traced (see the module docstring).
 
     Raises:
         ValueError: when an argument's shape, dtype or device does not fit the others.
     """
+    if torch.jit.is_tracing():
+        # The checks read values on the host (.tolist()); the trace would freeze them.
+        return ms_deform_attn_pytorch(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            check_inputs=False,
+        )
     check_ms_deform_attn_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )

@@ -4,6 +4,8 @@ Batch 1, a 512x1024 input (levels 64x128, 32x64, 16x32), 8 heads, 4 points, 32 c
 head, every token a query. Prints forward and forward+backward milliseconds and the peak memory
 each adds, for both implementations (each measured in a fresh process), and oracle / compiled
 ratios.
+
+``--smoke`` measures once at 64x128 in this process (a test runs it so the benchmark cannot rot).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--smoke", action="store_true", help="64x128, one repeat, in this process (for the tests)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "op:phase", internal
 
 
@@ -59,6 +62,8 @@ def measure(op_name: str, phase: str, args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.smoke:
+        args.height, args.width, args.repeats = 64, 128, 1
     if args.child:
         op_name, phase = args.child.split(":")
         print(json.dumps(measure(op_name, phase, args)))
@@ -69,10 +74,13 @@ def run(args: argparse.Namespace) -> None:
               "--height", str(args.height), "--width", str(args.width)]
     print(
         f"msda: {args.height}x{args.width} input, levels 1/8 1/16 1/32, every token a query, "
-        f"8 heads x 32 ch, 4 points, {args.threads} threads"
+        f"8 heads x 32 ch, 4 points, {args.threads} threads" + (" [smoke: in-process]" if args.smoke else "")
     )
     for phase in PHASES:
-        res = {op: run_isolated(common + ["--child", f"{op}:{phase}"]) for op in OPS}
+        if args.smoke:
+            res = {op: measure(op, phase, args) for op in OPS}
+        else:
+            res = {op: run_isolated(common + ["--child", f"{op}:{phase}"]) for op in OPS}
         c, p = res["compiled"], res["pytorch"]
         print(
             f"msda {phase:8s} compiled {c['ms']:8.1f} ms {c['peak_mib']:7.1f} MiB | pytorch "

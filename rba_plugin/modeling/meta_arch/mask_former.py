@@ -67,18 +67,27 @@ def rba_trainable_prefixes(cfg, has_outlier_head: bool) -> Optional[List[str]]:
     return prefixes
 
 
-def semantic_scores(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+def semantic_scores(mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """L_k = sum_q softmax(class logits)_q[k] * sigmoid(mask logits)_q, "no object" dropped.
 
     Args:
         mask_cls: Q x (C+1) class logits.
-        mask_pred: Q x H x W mask logits.
+        mask_pred: Q x H x W mask logits; with ``inplace`` it is overwritten by its sigmoid
+            (saves a Q x H x W buffer at full image size).
 
     Returns:
         C x H x W, each entry in [0, Q].
     """
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid_() if inplace else mask_pred.sigmoid())
+
+
+def _postprocess(result: torch.Tensor, image_size, height, width) -> torch.Tensor:
+    """Detectron2's ``sem_seg_postprocess``, without its copy when crop and resize change nothing
+    (a bilinear resize to the same size is exactly the identity); traced, it always runs."""
+    if not torch.jit.is_tracing() and tuple(result.shape[-2:]) == tuple(image_size) == (height, width):
+        return result
+    return sem_seg_postprocess(result, image_size, height, width)
 
 
 @META_ARCH_REGISTRY.register()
@@ -219,9 +228,9 @@ class MaskFormer(nn.Module):
             processed_results.append(result)
         return processed_results
 
-    def semantic_scores(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+    def semantic_scores(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """Q x (C+1), Q x H x W -> C x H x W semantic scores L (see :func:`semantic_scores`)."""
-        return semantic_scores(mask_cls, mask_pred)
+        return semantic_scores(mask_cls, mask_pred, inplace=inplace)
 
     def inference_single(
         self, mask_cls: torch.Tensor, mask_pred: torch.Tensor, input_per_image: Dict, image_size: Tuple[int, int]
@@ -230,7 +239,8 @@ class MaskFormer(nn.Module):
 
         Args:
             mask_cls: Q x (C+1) class logits.
-            mask_pred: Q x H_pad x W_pad mask logits, upsampled to the padded input.
+            mask_pred: Q x H_pad x W_pad mask logits, upsampled to the padded input (a temporary:
+                it is overwritten).
             input_per_image: the input dict; "height"/"width" (default: the input size) set the
                 output size.
             image_size: (h, w) of the image before padding.
@@ -240,12 +250,13 @@ class MaskFormer(nn.Module):
         """
         height = input_per_image.get("height", image_size[0])
         width = input_per_image.get("width", image_size[1])
+        # mask_pred is the caller's upsampled temporary: its sigmoid may overwrite it.
         if self.sem_seg_postprocess_before_inference:
-            mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+            mask_pred = _postprocess(mask_pred, image_size, height, width)
             mask_cls = mask_cls.to(mask_pred)
-            scores = self.semantic_scores(mask_cls, mask_pred)
+            scores = self.semantic_scores(mask_cls, mask_pred, inplace=True)
         else:
-            scores = sem_seg_postprocess(self.semantic_scores(mask_cls, mask_pred), image_size, height, width)
+            scores = _postprocess(self.semantic_scores(mask_cls, mask_pred, inplace=True), image_size, height, width)
         return {"sem_seg": scores}
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict[str, torch.Tensor]]:

@@ -18,7 +18,6 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.utils.registry import Registry
-from torchvision.transforms.functional import gaussian_blur
 
 __all__ = [
     "OOD_SCORE_REGISTRY",
@@ -31,6 +30,7 @@ __all__ = [
     "compute_ood_score",
     "densehybrid_score",
     "gaussian_smooth",
+    "gaussian_kernel2d",
 ]
 
 # The named model outputs scores read, with what each holds (per image, channel first).
@@ -166,13 +166,27 @@ def get_score_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return spec.fn
 
 
+def gaussian_kernel2d(kernel_size: int, sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """k x k Gaussian kernel, computed as torchvision's ``gaussian_blur`` computes it."""
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=kernel_size, dtype=dtype, device=device)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    kernel1d = pdf / pdf.sum()
+    return torch.mm(kernel1d[:, None], kernel1d[None, :])
+
+
 def gaussian_smooth(score: torch.Tensor, kernel_size: int = 7, sigma: float = 1.0) -> torch.Tensor:
-    """Gaussian blur of an ``(N x) H x W`` score map: torchvision's ``gaussian_blur`` (reflect
-    padding), as the official RPL / PEBAL test code applies ``transforms.GaussianBlur(7, 1)``."""
+    """Gaussian blur of an ``(N x) H x W`` score map with torchvision's ``gaussian_blur``
+    arithmetic (its kernel, reflect padding, one convolution), as the official RPL / PEBAL test
+    code applies ``transforms.GaussianBlur(7, 1)``. Written out with a one-channel kernel of fixed
+    shape so that an exported graph can hold it (torchvision sizes its kernel from the input)."""
     if score.dim() not in (2, 3):
         raise ValueError(f"gaussian_smooth: expected H x W or N x H x W, got shape {tuple(score.shape)}")
-    blurred = gaussian_blur(score.unsqueeze(-3), [kernel_size, kernel_size], [sigma, sigma])
-    return blurred.squeeze(-3)
+    kernel = gaussian_kernel2d(kernel_size, sigma, score.dtype, score.device)[None, None]
+    half = kernel_size // 2
+    maps = score.reshape(-1, 1, score.shape[-2], score.shape[-1])
+    blurred = F.conv2d(F.pad(maps, [half, half, half, half], mode="reflect"), kernel)
+    return blurred.reshape(score.shape)
 
 
 def compute_ood_score(

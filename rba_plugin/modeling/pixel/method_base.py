@@ -12,7 +12,9 @@ declares, as data, everything the rest of the plugin needs of it:
   (``training_outputs``, checked against the terms' inputs when the model is built);
 * what trains (``trainable_prefixes``) and at which learning-rate factor (``lr_factors``);
 * extra training inputs (``extra_inputs``, e.g. CoroCL's raw outlier images), which the
-  training mapper provides and the segmentor runs through the backbone.
+  training mapper provides and the segmentor runs through the backbone;
+* whether its inference can be exported as a graph (``not_exportable``: None, or the reason, which
+  :mod:`rba_plugin.export` reports when it refuses the model).
 
 Data flows one way: the segmentor runs the backbone and ``head.decode``, then the method (which
 uses the head's pieces, see :mod:`.heads`), then the loss terms or the scores.
@@ -58,6 +60,8 @@ class PixelOODMethod(nn.Module):
     default_scores: Tuple[str, ...] = ("maxlogit",)
     default_smoothing_kernel: int = 0
     training_outputs: Tuple[str, ...] = ()
+    # Why the inference cannot be traced into an ONNX / TorchScript graph (None: it can).
+    not_exportable: Optional[str] = None
 
     def __init__(self):
         super().__init__()

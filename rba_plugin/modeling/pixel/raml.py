@@ -228,6 +228,11 @@ class RAML(PixelOODMethod):
 
     score_inputs = ("class_scores", "region_similarity")
     default_scores = ("raml",)
+    not_exportable = (
+        "its inference separates regions (uncertainty_region_separation) by filling holes and labelling "
+        "connected components with scipy.ndimage on the host, and pools a data-dependent number of regions; "
+        "a traced graph can hold neither"
+    )
 
     @configurable
     def __init__(

@@ -4,6 +4,9 @@ and an FPN path down to stride ``COMMON_STRIDE`` (4).
 As in RbA, the number of levels handed to the transformer decoder is the number of encoder
 levels (``len(DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)``): 1 for RbA's released models
 (res5 only), 3 for stock Mask2Former (res3-res5).
+
+Level sizes are taken from the feature maps' shapes (never read back from a tensor), so a traced
+pixel decoder computes them for the size it runs at.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, ShapeSpec, get_norm, shapes_to_tensor
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
@@ -62,21 +65,32 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout3(ffn))
 
 
-def encoder_reference_points(spatial_shapes: torch.Tensor, device) -> torch.Tensor:
+def encoder_reference_points(shapes: Sequence[Tuple[int, int]], device) -> torch.Tensor:
     """1 x S x L x 2: every token's pixel centre, normalised to [0, 1], repeated for all levels.
+
+    Args:
+        shapes: (H_l, W_l) of every level (ints, or traced sizes while tracing).
 
     (No padding masks are used, so every level's valid ratio is 1.)
     """
     points = []
-    for h, w in spatial_shapes.tolist():
+    for h, w in shapes:
+        # arange + 0.5 equals Deformable-DETR's linspace(0.5, h - 0.5, h) exactly (step 1) and
+        # takes a traced size.
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(w, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         points.append(torch.stack((ref_x.reshape(-1) / w, ref_y.reshape(-1) / h), -1))
     reference = torch.cat(points, 0)[None]  # 1 x S x 2
-    return reference[:, :, None].expand(-1, -1, len(spatial_shapes), -1)
+    return reference[:, :, None].expand(-1, -1, len(shapes), -1)
+
+
+def spatial_shapes_tensor(shapes: Sequence[Tuple[int, int]], device) -> torch.Tensor:
+    """L x 2 int64 of the levels' (H_l, W_l); traced sizes stay traced (Detectron2's
+    ``shapes_to_tensor``) rather than becoming constants of the export size."""
+    return torch.stack([shapes_to_tensor(list(shape), device) for shape in shapes]).long()
 
 
 class MSDeformAttnTransformerEncoderOnly(nn.Module):
@@ -123,16 +137,16 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         """
         src_flatten, pos_flatten, shapes = [], [], []
         for level, (src, pos) in enumerate(zip(srcs, pos_embeds)):
-            shapes.append(src.shape[-2:])
+            shapes.append(tuple(src.shape[-2:]))
             src_flatten.append(src.flatten(2).transpose(1, 2))
             pos_flatten.append(pos.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
         src_flatten = torch.cat(src_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        spatial_shapes = spatial_shapes_tensor(shapes, src_flatten.device)
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )
-        reference_points = encoder_reference_points(spatial_shapes, src_flatten.device)
+        reference_points = encoder_reference_points(shapes, src_flatten.device)
         reference_points = reference_points.expand(src_flatten.shape[0], -1, -1, -1)
         output = src_flatten
         for layer in self.encoder.layers:
@@ -268,13 +282,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x = features[name].float()
             srcs.append(self.input_proj[idx](x))
             pos.append(self.pe_layer(x))
-        memory, spatial_shapes, level_start_index = self.transformer(srcs, pos)
+        memory, _, _ = self.transformer(srcs, pos)
         batch = memory.shape[0]
-        sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).tolist()
-        out = [
-            z.transpose(1, 2).view(batch, -1, h, w)
-            for z, (h, w) in zip(torch.split(memory, sizes, dim=1), spatial_shapes.tolist())
-        ]
+        out, start = [], 0
+        for h, w in (src.shape[-2:] for src in srcs):
+            out.append(memory[:, start : start + h * w].transpose(1, 2).view(batch, -1, h, w))
+            start = start + h * w
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
             lateral = self.lateral_convs[idx](features[name].float())
             # Mask2Former upsamples bilinearly here (the comment there says nearest).

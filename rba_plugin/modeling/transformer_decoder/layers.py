@@ -2,6 +2,11 @@
 
 Sequences are laid out as L x B x C (``nn.MultiheadAttention``'s default). Each layer is
 post-norm unless ``normalize_before``.
+
+With ``fused_attention`` the attention layers ask ``nn.MultiheadAttention`` for no attention
+weights, so it runs ``scaled_dot_product_attention`` (the boolean mask becomes its additive -inf
+mask); otherwise it computes and averages the weights as Mask2Former's code does. Same
+parameters (``in_proj_weight``, ``out_proj``) either way.
 """
 from __future__ import annotations
 
@@ -27,12 +32,20 @@ def _with_pos(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
 class SelfAttentionLayer(nn.Module):
     """Self-attention among the queries; the query position embedding is added to q and k."""
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dropout: float = 0.0,
+        normalize_before: bool = False,
+        fused_attention: bool = True,
+    ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
+        self.fused_attention = fused_attention
         _xavier_init(self)
 
     def forward(
@@ -45,7 +58,10 @@ class SelfAttentionLayer(nn.Module):
         """tgt, query_pos: Q x B x C. Returns Q x B x C."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = _with_pos(x, query_pos)
-        attended = self.self_attn(q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+        attended = self.self_attn(
+            q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+            need_weights=not self.fused_attention,
+        )[0]
         tgt = tgt + self.dropout(attended)
         return tgt if self.normalize_before else self.norm(tgt)
 
@@ -53,12 +69,20 @@ class SelfAttentionLayer(nn.Module):
 class CrossAttentionLayer(nn.Module):
     """Queries attend to image features (keys carry the pixel position encoding)."""
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dropout: float = 0.0,
+        normalize_before: bool = False,
+        fused_attention: bool = True,
+    ):
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
+        self.fused_attention = fused_attention
         _xavier_init(self)
 
     def forward(
@@ -83,6 +107,7 @@ class CrossAttentionLayer(nn.Module):
             value=memory,
             attn_mask=memory_mask,
             key_padding_mask=memory_key_padding_mask,
+            need_weights=not self.fused_attention,
         )[0]
         tgt = tgt + self.dropout(attended)
         return tgt if self.normalize_before else self.norm(tgt)

@@ -28,6 +28,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     and after every layer; all but the last prediction are returned as ``aux_outputs`` for deep
     supervision. The cross-attention of a layer only sees the pixels where the previous
     prediction's mask is >= 0.5 (a query whose mask is empty everywhere sees all pixels).
+    ``fused_attention`` selects the attention kernels (see :mod:`.layers`).
     """
 
     @configurable
@@ -47,6 +48,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         enforce_input_project: bool,
         num_feature_levels: int = 3,
         ood_pred: Optional[nn.Module] = None,
+        fused_attention: bool = True,
     ):
         super().__init__()
         if not mask_classification:
@@ -56,10 +58,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.num_heads = nheads
         self.num_layers = dec_layers
         self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+            SelfAttentionLayer(hidden_dim, nheads, 0.0, pre_norm, fused_attention) for _ in range(dec_layers)
         )
         self.transformer_cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+            CrossAttentionLayer(hidden_dim, nheads, 0.0, pre_norm, fused_attention) for _ in range(dec_layers)
         )
         self.transformer_ffn_layers = nn.ModuleList(
             FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
@@ -108,6 +110,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             # so evaluating such a model with the same config finds it.
             "ood_pred": (DenseHybridOutlierHead(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, kernel_size=mf.DENSE_HYBRID_HEAD_KERNEL)
                          if mf.DENSE_HYBRID_LOSS else None),
+            "fused_attention": cfg.MODEL.FUSED_ATTENTION,
         }
 
     def forward(
@@ -145,7 +148,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             # A query whose mask is empty at this level would attend to nothing: let it see all.
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            # (Mask2Former's in-place index assignment, written without data-dependent indices.)
+            attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
             output = self.transformer_cross_attention_layers[i](
                 output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_embed
             )
