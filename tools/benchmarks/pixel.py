@@ -1,0 +1,115 @@
+"""The official per-pixel baseline networks on the CPU next to Detectron2's DeepLabV3+ R101.
+
+Inference (no_grad, eval mode, batch 1) of the re-implemented official networks of PEBAL
+(WRN-38 DeepLabV3+, 20 outputs), RPL+CoroCL (the same plus the residual block, ``final`` run
+twice), DenseHybrid (plus ``logits_ood``) and RAML (torchvision ResNet-101 at output stride 16 and
+its metric head, 16 classes), each with its official anomaly score where one exists, against
+Detectron2's DeepLabV3+ R101 (the ``detectron2.projects.deeplab`` Cityscapes config as in
+configs/pixel/Base-DeepLabV3Plus-R101-Cityscapes.yaml: DeepLab stem, output stride 16,
+multi-grid 1-2-4; BN for SyncBN on the CPU), all with random weights. Each case runs in a fresh
+process; the lines give milliseconds per image, the peak memory the forward pass adds, and both
+as ratios to the Detectron2 model. ``--smoke`` runs every case once at a tiny size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .common import run_isolated, time_and_peak
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+D2_DEEPLAB = REPO_ROOT / "configs/pixel/Base-DeepLabV3Plus-R101-Cityscapes.yaml"
+BASELINE = "d2_deeplabv3plus_r101"
+NETWORKS = ("pebal", "rpl_corocl", "densehybrid", "raml")
+CASES = (BASELINE,) + NETWORKS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma-separated HxW image sizes")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (median)")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed runs before timing")
+    parser.add_argument("--smoke", action="store_true", help="every case once at 64x128 (a quick check)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+
+
+def _build(case: str, height: int, width: int):
+    """(callable on a B x 3 x H x W image, parameter count, whether it takes a [0, 1] image)."""
+    import rba_plugin  # noqa: F401  (registers the plugin's components)
+    from detectron2.modeling import build_backbone, build_sem_seg_head
+
+    from rba_plugin.config import get_cfg
+    from rba_plugin.modeling.official import build_official_network
+
+    if case == BASELINE:
+        cfg = get_cfg()
+        cfg.merge_from_file(str(D2_DEEPLAB))
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.RESNETS.NORM = "BN"
+        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+        # The config's ASPP pools over (crop size / 16) windows, which must tile the feature map
+        # (they do at 512x1024 and 1024x2048); other sizes pool over the whole image instead.
+        crop_h, crop_w = cfg.INPUT.CROP.SIZE
+        if height % crop_h or width % crop_w:
+            cfg.INPUT.CROP.ENABLED = False
+        backbone = build_backbone(cfg).eval()
+        head = build_sem_seg_head(cfg, backbone.output_shape()).eval()
+        params = sum(p.numel() for m in (backbone, head) for p in m.parameters())
+        return (lambda x: head(backbone(x))[0]), params, False
+    net = build_official_network(case).eval()
+    return net, sum(p.numel() for p in net.parameters()), case == "densehybrid"
+
+
+def measure(case: str, size: str, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    height, width = (int(v) for v in size.split("x"))
+    model, params, unit_range = _build(case, height, width)
+    image = torch.rand(1, 3, height, width)
+    if not unit_range:  # the other networks take an ImageNet-normalised image
+        image = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def infer():
+        with torch.no_grad():
+            model(image)
+
+    result = time_and_peak(infer, repeats=args.repeats, warmup=args.warmup)
+    result["params"] = params
+    return result
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.child:
+        print(json.dumps(measure(args.child, args.size, args)))
+        return
+    sizes = ["64x128"] if args.smoke else args.sizes.split(",")
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise SystemExit(f"pixel benchmark: unknown cases {unknown}; known: {', '.join(CASES)}")
+    repeats, warmup = (1, 0) if args.smoke else (args.repeats, args.warmup)
+    print(
+        f"pixel: official per-pixel networks vs Detectron2 DeepLabV3+ R101, CPU inference, batch 1, random "
+        f"weights, {args.threads} threads, median of {repeats} (warm-up {warmup}), each case in a fresh process"
+    )
+    for size in sizes:
+        common = ["pixel", "--threads", str(args.threads), "--repeats", str(repeats), "--warmup", str(warmup), "--size", size]
+        results = {case: run_isolated(common + ["--child", case]) for case in cases}
+        base = results.get(BASELINE)
+        for case, res in results.items():
+            line = (
+                f"pixel {size} {case:22s} {res['params'] / 1e6:6.1f} M params {res['ms']:10.1f} ms/image "
+                f"+{res['peak_mib']:7.0f} MiB peak"
+            )
+            if base is not None and case != BASELINE:
+                line += (
+                    f" | x{res['ms'] / base['ms']:.2f} time, x{res['peak_mib'] / max(base['peak_mib'], 1e-6):.2f} "
+                    f"peak memory of {BASELINE}"
+                )
+            print(line, flush=True)
