@@ -76,8 +76,9 @@ class OfficialRun:
         self.net.eval()
         modules = dict(self.net.named_modules())
         self.captured: Dict[str, torch.Tensor] = {}
+        first_conv = "backbone.mod1" if hasattr(self.net.backbone, "mod1") else "backbone.conv1"
         handles = [
-            modules["backbone.mod1" if "mod1" in self.net.backbone._modules else "backbone.conv1"].register_forward_pre_hook(
+            modules[first_conv].register_forward_pre_hook(
                 lambda _m, args: self.captured.__setitem__("network_input", args[0].clone())
             )
         ]
