@@ -1,11 +1,11 @@
-"""The official per-pixel baseline networks on the CPU next to Detectron2's DeepLabV3+ R101.
+"""The official per-pixel networks on the CPU next to Detectron2's DeepLabV3+ R101.
 
-Inference (no_grad, eval mode, batch 1) of the re-implemented official networks of PEBAL
-(WRN-38 DeepLabV3+, 20 outputs), RPL+CoroCL (the same plus the residual block, ``final`` run
-twice), DenseHybrid (plus ``logits_ood``) and RAML (torchvision ResNet-101 at output stride 16 and
-its metric head, 16 classes), each with its official anomaly score where one exists, against
-Detectron2's DeepLabV3+ R101 (the ``detectron2.projects.deeplab`` Cityscapes config as in
-configs/pixel/Base-DeepLabV3Plus-R101-Cityscapes.yaml: DeepLab stem, output stride 16,
+Inference (``model(batched_inputs)`` of ``PixelOODSegmentor``: no_grad, eval mode, batch 1,
+anomaly score and resizing included) of the shipped configs: PEBAL (WRN-38 DeepLabV3+, 20
+outputs, ``configs/cityscapes/pixel/pebal.yaml``), RPL+CoroCL (plus the residual block, ``final``
+run twice), DenseHybrid (plus ``logits_ood``) and RAML (torchvision ResNet-101 at output stride 16
+and its metric head), against Detectron2's DeepLabV3+ R101 with max-logit
+(``configs/cityscapes/pixel/d2_deeplab/closed_set_R101.yaml``: DeepLab stem, output stride 16,
 multi-grid 1-2-4; BN for SyncBN on the CPU), all with random weights. Each case runs in a fresh
 process; the lines give wall milliseconds per image, CPU seconds per image (all threads; steadier
 than wall time when other processes share the cores), the peak memory the forward pass adds, and
@@ -23,10 +23,14 @@ import torch
 from .common import run_isolated, time_and_peak
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-D2_DEEPLAB = REPO_ROOT / "configs/pixel/Base-DeepLabV3Plus-R101-Cityscapes.yaml"
 BASELINE = "d2_deeplabv3plus_r101"
-NETWORKS = ("pebal", "rpl_corocl", "densehybrid", "raml")
-CASES = (BASELINE,) + NETWORKS
+CONFIGS = {
+    BASELINE: "configs/cityscapes/pixel/d2_deeplab/closed_set_R101.yaml",
+    "pebal": "configs/cityscapes/pixel/pebal.yaml",
+    "rpl_corocl": "configs/cityscapes/pixel/rpl_corocl.yaml",
+    "densehybrid": "configs/cityscapes/pixel/densehybrid.yaml",
+}
+CASES = tuple(CONFIGS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,45 +45,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(case: str, height: int, width: int):
-    """(callable on a B x 3 x H x W image, parameter count, whether it takes a [0, 1] image)."""
+    """(the segmentor, its parameter count), random weights."""
     import rba_plugin  # noqa: F401  (registers the plugin's components)
-    from detectron2.modeling import build_backbone, build_sem_seg_head
+    from detectron2.modeling import build_model
 
-    from rba_plugin.config import get_cfg
-    from rba_plugin.modeling.official import build_official_network
+    from rba_plugin.config import load_config
 
+    cfg = load_config(str(REPO_ROOT / CONFIGS[case]), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"], freeze=False)
     if case == BASELINE:
-        cfg = get_cfg()
-        cfg.merge_from_file(str(D2_DEEPLAB))
-        cfg.MODEL.WEIGHTS = ""
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.MODEL.RESNETS.NORM = "BN"
-        cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"
+        cfg.MODEL.RESNETS.NORM = cfg.MODEL.SEM_SEG_HEAD.NORM = "BN"  # SyncBN needs a process group
         # The config's ASPP pools over (crop size / 16) windows, which must tile the feature map
         # (they do at 512x1024 and 1024x2048); other sizes pool over the whole image instead.
         crop_h, crop_w = cfg.INPUT.CROP.SIZE
         if height % crop_h or width % crop_w:
             cfg.INPUT.CROP.ENABLED = False
-        backbone = build_backbone(cfg).eval()
-        head = build_sem_seg_head(cfg, backbone.output_shape()).eval()
-        params = sum(p.numel() for m in (backbone, head) for p in m.parameters())
-        return (lambda x: head(backbone(x))[0]), params, False
-    net = build_official_network(case).eval()
-    return net, sum(p.numel() for p in net.parameters()), case == "densehybrid"
+    model = build_model(cfg).eval()
+    return model, sum(p.numel() for p in model.parameters())
 
 
 def measure(case: str, size: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     height, width = (int(v) for v in size.split("x"))
-    model, params, unit_range = _build(case, height, width)
-    image = torch.rand(1, 3, height, width)
-    if not unit_range:  # the other networks take an ImageNet-normalised image
-        image = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    model, params = _build(case, height, width)
+    batch = [{"image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8), "height": height, "width": width}]
 
     def infer():
         with torch.no_grad():
-            model(image)
+            model(batch)
 
     cpu_start = time.process_time()
     result = time_and_peak(infer, repeats=args.repeats, warmup=args.warmup)

@@ -13,7 +13,9 @@ which is what the patch made them use.
 State-dict keys are exactly the official trunk keys (``mod1.conv1.weight``,
 ``mod2.block1.bn1.0.weight``, ``mod2.block1.convs.conv1.weight``, ``mod2.block1.proj_conv.weight``,
 ...), i.e. a DeepWV3Plus checkpoint's ``mod*`` keys once its wrapper prefix (``branch1.``,
-``module.``) is removed; see :mod:`rba_plugin.modeling.official.keys`.
+``module.``) is removed: :class:`WiderResNetA2` declares ``official_key_prefix`` (its keys sit at
+the top level of the official checkpoints) and the wrappers those checkpoints carry, and
+:mod:`rba_plugin.modeling.official_keys` maps them when ``MODEL.WEIGHTS`` is loaded.
 """
 from __future__ import annotations
 
@@ -21,11 +23,22 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-__all__ = ["IdentityResidualBlock", "WiderResNetA2", "build_wider_resnet_backbone"]
+from ...config import register_config_group
+
+__all__ = ["IdentityResidualBlock", "WiderResNetA2", "build_wider_resnet_backbone", "add_wider_resnet_config"]
+
+
+@register_config_group
+def add_wider_resnet_config(cfg: CfgNode) -> None:
+    """``MODEL.WIDE_RESNET.OUT_FEATURES``: the module outputs the trunk returns (``mod1`` ...
+    ``mod7``; the WRN-38 DeepLabV3+ head reads ``mod2`` at stride 2 and ``mod7`` at stride 8).
+    STRUCTURE, DILATION and DIST_BN are RbA's keys of the same group (``add_rba_config``)."""
+    cfg.MODEL.WIDE_RESNET.OUT_FEATURES = ["mod2", "mod7"]
 
 # (channels of the inner convolutions ..., output channels) of mod2 ... mod7. Two entries: two 3x3
 # convolutions; three entries: a 1x1 - 3x3 - 1x1 bottleneck.
@@ -123,7 +136,14 @@ class WiderResNetA2(Backbone):
     Outputs (``forward``): a dict with the requested ``mod1`` ... ``mod7`` outputs, each
     B x C x h x w. ``mod2`` has 128 channels at stride 2, ``mod7`` 4096 channels at stride 8
     (with dilation): the raw residual sum that DeepWV3Plus feeds to its ASPP.
+
+    Official checkpoints (``official_key_prefix`` "": the trunk's keys are at their top level)
+    come wrapped in ``module.`` (NVIDIA's DataParallel ``cityscapes_best.pth`` /
+    ``cityscapes_cv0_wideresnet38_nosdcaug.pth``) and ``branch1.`` (PEBAL's and RPL's ``Network``).
     """
+
+    official_key_prefix = ""
+    official_key_wrappers = ("module.", "branch1.")
 
     def __init__(
         self,
@@ -217,11 +237,10 @@ def build_wider_resnet_backbone(cfg, input_shape: ShapeSpec) -> WiderResNetA2:
 
     Reads STRUCTURE (six block counts), DILATION (True: output stride 8 as DeepWV3Plus), DIST_BN
     (True: SyncBN, for multi-GPU training; the official flag is stored but unused) and
-    OUT_FEATURES (added by :func:`rba_plugin.config_official_networks.add_official_networks_config`;
-    ``["mod2", "mod7"]`` when absent).
+    OUT_FEATURES (:func:`add_wider_resnet_config`).
     """
     wrn = cfg.MODEL.WIDE_RESNET
-    out_features: List[str] = list(wrn.get("OUT_FEATURES", ["mod2", "mod7"]))
+    out_features: List[str] = list(wrn.OUT_FEATURES)
     return WiderResNetA2(
         structure=wrn.STRUCTURE,
         dilation=wrn.DILATION,

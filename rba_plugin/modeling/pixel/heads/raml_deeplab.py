@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from .deepwv3plus import aspp_rates_for_stride
+from .wider_deeplab import aspp_rates_for_stride
 
 __all__ = ["RAMLDeepLabV3PlusHead", "meta_reconstruction", "upsample_bilinear"]
 

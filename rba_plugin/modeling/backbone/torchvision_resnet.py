@@ -22,10 +22,23 @@ from typing import Dict, List, Sequence
 
 import torch
 import torchvision
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-__all__ = ["TorchvisionResNet", "build_torchvision_resnet_backbone"]
+from ...config import register_config_group
+
+__all__ = ["TorchvisionResNet", "build_torchvision_resnet_backbone", "add_torchvision_resnet_config"]
+
+
+@register_config_group
+def add_torchvision_resnet_config(cfg: CfgNode) -> None:
+    """``MODEL.TORCHVISION_RESNET``: the torchvision-layout ResNet of RAML (VainF's DeepLabV3+)."""
+    cfg.MODEL.TORCHVISION_RESNET = CfgNode()
+    cfg.MODEL.TORCHVISION_RESNET.DEPTH = 101  # 50, 101 or 152
+    cfg.MODEL.TORCHVISION_RESNET.OUTPUT_STRIDE = 16  # 8, 16 (RAML's --output_stride default) or 32
+    cfg.MODEL.TORCHVISION_RESNET.OUT_FEATURES = ["layer1", "layer4"]  # among layer1 ... layer4
+    cfg.MODEL.TORCHVISION_RESNET.NORM = "BN"  # "BN" or "SyncBN"
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 _DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
@@ -38,7 +51,13 @@ class TorchvisionResNet(Backbone):
     ``layer2`` 512 ch at stride 8, ``layer3`` 1024 ch at stride min(16, output_stride),
     ``layer4`` 2048 ch at stride ``output_stride``. Downsampling rounds up (convolutions with
     padding), so any input size runs.
+
+    Official checkpoints: RAML's model keeps this trunk as ``backbone`` (``official_key_prefix``),
+    possibly wrapped in ``module.`` (DataParallel).
     """
+
+    official_key_prefix = "backbone."
+    official_key_wrappers = ("module.",)
 
     def __init__(
         self,
@@ -104,7 +123,7 @@ class TorchvisionResNet(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_torchvision_resnet_backbone(cfg, input_shape: ShapeSpec) -> TorchvisionResNet:
     """torchvision-layout ResNet from ``cfg.MODEL.TORCHVISION_RESNET`` (DEPTH, OUTPUT_STRIDE,
-    OUT_FEATURES, NORM; see :func:`rba_plugin.config_official_networks.add_official_networks_config`).
+    OUT_FEATURES, NORM; :func:`add_torchvision_resnet_config`).
 
     Raises:
         ValueError: if the input is not 3-channel (torchvision's stem is fixed to RGB).
