@@ -77,8 +77,10 @@ STATE_DICT_ENTRIES = ("model", "state_dict", "model_state")
 def _numpy_scalar_globals() -> List[Any]:
     """What unpickling numpy scalars and dtypes needs (official checkpoints store e.g. the best
     validation score as a numpy float next to the weights); nothing here runs code."""
-    core = getattr(np, "_core", None) or np.core
-    found = [core.multiarray.scalar, np.dtype]
+    scalar = getattr(getattr(np, "core", None), "multiarray", None)  # numpy 1.x
+    if scalar is None or not hasattr(scalar, "scalar"):
+        scalar = np._core.multiarray  # numpy 2
+    found = [scalar.scalar, np.dtype]
     found += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     return found
 

@@ -93,7 +93,9 @@ class PixelOODSegmentor(nn.Module):
         prefixes = ood_method.trainable_prefixes()
         self.trainable_prefixes = None if prefixes is None else list(prefixes) + list(extra_trainable)
         if self.trainable_prefixes is not None:
-            freeze_except(self, self.trainable_prefixes)
+            # The method's own flag selects its training outputs (PEBAL's official abstention row
+            # lives in the head, leaving the method without parameters): it follows train().
+            freeze_except(self, self.trainable_prefixes, follow_mode=("ood_method",))
             trainable, total = trainable_parameter_count(self)
             logger.info("%s trains %d of %d parameters: %s", type(ood_method).__name__, trainable, total,
                         ", ".join(self.trainable_prefixes))
