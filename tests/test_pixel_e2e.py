@@ -122,7 +122,7 @@ def test_every_method_trains_and_evaluates_through_train_net(tiny_synth, tmp_pat
     base_dir, base = run("closed_set.yaml", "closed_set")
     weights = ("MODEL.WEIGHTS", str(base_dir / "model_final.pth"))
     results = {"closed_set": base}
-    for method in ("rpl_corocl", "pebal", "raml", "vca"):
+    for method in ("rpl_corocl", "pebal", "densehybrid", "raml", "vca"):
         _, results[method] = run(f"{method}.yaml", method, *weights)
     for method, values in results.items():
         for key in OOD_KEYS:
@@ -136,7 +136,7 @@ def test_every_method_trains_and_evaluates_through_train_net(tiny_synth, tmp_pat
     assert results["rpl_corocl"]["AUROC"] != base["AUROC"]
     # VCA reports its open-set metric; the others predict no unknown class.
     assert 0.0 <= results["vca"]["unknown_IoU"] <= 100.0
-    assert all("unknown_IoU" not in results[m] for m in ("closed_set", "rpl_corocl", "pebal", "raml"))
+    assert all("unknown_IoU" not in results[m] for m in ("closed_set", "rpl_corocl", "pebal", "densehybrid", "raml"))
     # Fine-tuned checkpoints carry the method's trained modules, started from the base.
     rpl_state = torch.load(tmp_path / "rpl_corocl" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     base_state = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
