@@ -10,6 +10,7 @@ from .base import (
     check_choice,
     check_term_inputs,
     register_term_alias,
+    resolve_form,
 )
 from . import outlier, pebal, densehybrid  # noqa: F401,E402  (registration, in RbA's order)
 from . import sem_seg, rpl, raml, vca  # noqa: F401,E402  (per-pixel methods' terms)
@@ -30,4 +31,5 @@ __all__ = [
     "check_choice",
     "check_term_inputs",
     "register_term_alias",
+    "resolve_form",
 ]

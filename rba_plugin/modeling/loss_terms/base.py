@@ -15,7 +15,7 @@ adding a term means writing its class, registering it, and naming it in a config
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from detectron2.utils.registry import Registry
@@ -30,6 +30,7 @@ __all__ = [
     "aliased_term_names",
     "check_term_inputs",
     "check_choice",
+    "resolve_form",
 ]
 
 LOSS_TERM_REGISTRY = Registry("LOSS_TERM")
@@ -132,6 +133,25 @@ def check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
     """Raise a ValueError naming the config ``key`` when ``value`` is not one of ``allowed``."""
     if value not in allowed:
         raise ValueError(f"{key} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def resolve_form(group, group_key: str, forms: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+    """The options of a config group whose ``FORM`` key picks a coherent bundle ("official",
+    "paper", ...): every key of the bundle left ``None`` in the group takes the bundle's value,
+    a key that is set overrides it.
+
+    Args:
+        group: the config node (e.g. ``cfg.MODEL.MCA``) with a ``FORM`` key and every bundle key.
+        group_key: its full name, for messages (e.g. "MODEL.MCA").
+        forms: form name -> {key: value}.
+    Returns:
+        {key: resolved value} for every key of the bundles.
+    Raises:
+        ValueError: ``FORM`` is not one of ``forms`` (naming the key and the allowed forms).
+    """
+    check_choice(f"{group_key}.FORM", group.FORM, tuple(forms))
+    bundle = forms[group.FORM]
+    return {key: default if group.get(key) is None else group.get(key) for key, default in bundle.items()}
 
 
 def check_term_inputs(terms: Sequence[LossTerm], available: Sequence[str], model_name: str) -> None:

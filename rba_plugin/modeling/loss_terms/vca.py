@@ -10,34 +10,48 @@ from torch.nn import functional as F
 
 from ..pixel.contrastive import supcon_loss
 from ..pixel.rpl_losses import sample_pixel_embeddings
-from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets
+from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, check_choice
 
 __all__ = ["VCACrossEntropy", "VCASupCon", "open_set_labels"]
 
 
 def open_set_labels(targets: PixelTargets, num_known: int) -> torch.Tensor:
-    """The labels with pasted outliers as class ``num_known`` (the unknown class)."""
+    """A copy of the labels with pasted outliers as class ``num_known`` (the unknown class)."""
     return targets.labels.masked_fill(targets.outlier, num_known)
 
 
 @LOSS_TERM_REGISTRY.register()
 class VCACrossEntropy(LossTerm):
-    """Cross-entropy of the C+1 ``open_set_logits`` (void ignored): ``loss_vca_ce``."""
+    """Cross-entropy (mean over labelled pixels, void ignored) of the C+1 ``open_set_logits``,
+    upsampled to the label size with ``upsampling`` ("nearest": official
+    ``appearance_ca_mahalanobis.py:106``, F.interpolate's default; "bilinear": align_corners
+    False), pasted outliers as class C: ``loss_vca_ce``.
+
+    The official loss relabels the outliers in place on the caller's label tensor (line 102);
+    here the labels are copied, the caller's tensor stays as it is.
+    """
 
     inputs = ("open_set_logits",)
 
     @configurable
-    def __init__(self):
+    def __init__(self, *, upsampling: str = "nearest"):
         super().__init__()
+        check_choice("MODEL.VCA.LOSS_UPSAMPLING", upsampling, ("nearest", "bilinear"))
+        self.upsampling = upsampling
         self.weights = {"loss_vca_ce": 1.0}
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        return {}
+        return {"upsampling": cfg.MODEL.VCA.LOSS_UPSAMPLING}
 
     def forward(self, outputs, targets: PixelTargets) -> Dict[str, torch.Tensor]:
         logits = outputs["open_set_logits"]
         labels = open_set_labels(targets, logits.shape[1] - 1)
+        if logits.shape[-2:] != labels.shape[-2:]:
+            if self.upsampling == "nearest":
+                logits = F.interpolate(logits, size=labels.shape[-2:], mode="nearest")
+            else:
+                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         return {"loss_vca_ce": F.cross_entropy(logits, labels, ignore_index=targets.ignore_label)}
 
 
