@@ -48,7 +48,14 @@ CASES: Dict[str, OfficialCase] = {
     "pebal": OfficialCase("pebal_deepwv3plus", "configs/cityscapes/pixel/pebal.yaml"),
     "rpl": OfficialCase("rpl_corocl_deepwv3plus", "configs/cityscapes/pixel/rpl_corocl.yaml"),
     "densehybrid": OfficialCase("densehybrid_deepwv3plusth", "configs/cityscapes/pixel/densehybrid.yaml"),
+    # RAML's network with 16 known classes (the 16+3 setting's released models: conv3 16 -> 20)
+    # and with the 19 Cityscapes classes (conv3 19 -> 20).
+    "raml16": OfficialCase("raml_dlv3p_r101_os16_16cls", "configs/cityscapes/pixel/raml.yaml",
+                           ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", "16")),
+    "raml19": OfficialCase("raml_dlv3p_r101_os16_19cls", "configs/cityscapes/pixel/raml.yaml"),
 }
+# The WideResNet-38 networks (PEBAL, RPL, DenseHybrid).
+WRN_CASES = ("pebal", "rpl", "densehybrid")
 
 
 def read_key_table(path: Path) -> List[Tuple[str, Tuple[int, ...], str]]:
@@ -78,10 +85,14 @@ def recipe_state_dict(tsv: Path, seed: int = 3) -> "OrderedDict[str, torch.Tenso
     return OrderedDict((k, recipe_tensor(k, s, t, seed)) for k, s, t in read_key_table(tsv))
 
 
-def load_official(model, state_dict: Dict[str, torch.Tensor]) -> None:
-    """Load an official state dict strictly, through the model's own key mapping."""
+def load_official(model, state_dict: Dict[str, torch.Tensor], missing_ok: Sequence[str] = ()) -> None:
+    """Load an official state dict strictly, through the model's own key mapping; keys under
+    ``missing_ok`` may be absent (RAML's metric head, which the official code saves apart)."""
     state, _ = model.adapt_checkpoint(state_dict, fill_new_modules=False)
-    model.load_state_dict(state, strict=True)
+    result = model.load_state_dict(state, strict=not missing_ok)
+    if missing_ok:
+        assert not result.unexpected_keys, result.unexpected_keys
+        assert all(k.startswith(tuple(missing_ok)) for k in result.missing_keys), result.missing_keys
 
 
 def checksums(state_dict: Dict[str, torch.Tensor]) -> Dict[str, Tuple[float, float]]:

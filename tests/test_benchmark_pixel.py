@@ -20,7 +20,7 @@ def test_pixel_benchmark_smoke_mode():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("pixel 64x128 ")]
     cases = [line.split()[2] for line in lines]
-    assert cases == ["d2_deeplabv3plus_r101", "pebal", "rpl_corocl", "densehybrid"]
+    assert cases == ["d2_deeplabv3plus_r101", "pebal", "rpl_corocl", "densehybrid", "raml"]
     for line in lines[1:]:
         assert re.search(r"\| x\d+\.\d+ time, x\d+\.\d+ CPU time, x\d+\.\d+ peak memory of d2_deeplabv3plus_r101$", line), line
     assert re.search(r"pebal +137\.1 M params", lines[1]) and re.search(r"rpl_corocl +168\.0 M params", lines[2])

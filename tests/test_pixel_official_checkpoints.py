@@ -25,7 +25,7 @@ from rba_plugin.engine import CheckpointMismatchError, SafeCheckpointer
 
 from .conftest import REPO_ROOT
 from .pixel_e2e_utils import load_tool
-from .pixel_official import CASES, recipe_tensor
+from .pixel_official import CASES, WRN_CASES, recipe_tensor
 from .train_net_scenes import register, write_dataset
 
 SMALL = ("MODEL.WIDE_RESNET.STRUCTURE", "[1, 1, 1, 1, 1, 1]")
@@ -69,7 +69,7 @@ def unwrapped(model, state: Dict[str, torch.Tensor], wrapper: str) -> Dict[str, 
     return {layout.names[k[len(wrapper):]]: v for k, v in state.items()}
 
 
-@pytest.mark.parametrize("test_id", list(CASES))
+@pytest.mark.parametrize("test_id", WRN_CASES)
 def test_every_official_container_loads_strictly_with_a_log(test_id, tmp_path, caplog):
     model = CASES[test_id].build(*SMALL)
     wrapper = WRAPPER[test_id]
@@ -90,6 +90,41 @@ def test_every_official_container_loads_strictly_with_a_log(test_id, tmp_path, c
             assert "wrapper prefix" in log, (name, log)
         if name in ("state_dict", "model_state"):
             assert f"entry '{name}'" in log, (name, log)
+
+
+RAML_SMALL = ("MODEL.TORCHVISION_RESNET.DEPTH", "50")
+
+
+def test_raml_checkpoints_of_each_stage_load_strictly(tmp_path, caplog):
+    """RAML's save_ckpt (main.py / main_metric.py): ``model_state`` (backbone.*, classifier.*) with
+    optimizer and scheduler state; stage 3 adds the metric head as ``metric_model``."""
+    raml = CASES["raml19"].build(*RAML_SMALL)
+    state = official_state(raml, "")
+    network = {k: v for k, v in state.items() if not k.startswith("metric_model.")}
+    metric = {k[len("metric_model."):]: v for k, v in state.items() if k.startswith("metric_model.")}
+    assert sorted(metric) == ["classifier.weight", "model.0.bias", "model.0.weight", "model.2.bias", "model.2.weight"]
+    common = {"optimizer_state": {"state": {}, "param_groups": []}, "scheduler_state": {"last_epoch": 3}, "cur_itrs": 30000,
+              "best_score": np.float64(0.7)}
+    stage12, stage3 = tmp_path / "final_stage2.pth", tmp_path / "final_stage3.pth"
+    torch.save({"model_state": network, **common}, stage12)
+    torch.save({"model_state": network, "metric_model": metric, "batch_idx": 9999, **common}, stage3)
+    # Stages 1-2: the network alone (the closed-set model / the MCA model).
+    closed = CASES["raml19"].build(*RAML_SMALL, "MODEL.PIXEL_OOD.METHOD", "ClosedSet")
+    SafeCheckpointer(closed, allow_new_modules=False).load(str(stage12))
+    assert all(torch.equal(closed.state_dict()[k], v) for k, v in unwrapped(closed, network, "").items())
+    # Stage 3: network and metric head; the prototypes start empty (logged).
+    fresh = CASES["raml19"].build(*RAML_SMALL)
+    with caplog.at_level(logging.INFO):
+        SafeCheckpointer(fresh, allow_new_modules=False).load(str(stage3))
+    loaded = fresh.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in unwrapped(fresh, state, "").items())
+    assert torch.equal(loaded["ood_method.embed.fc1.weight"], metric["model.0.weight"])
+    assert not loaded["ood_method.prototype_valid"].any()
+    assert "with the entries metric_model" in caplog.text and "no known-class prototypes" in caplog.text
+    # The stage-3 checkpoint in a model without a metric head: its metric_model keys are unexpected.
+    with pytest.raises(CheckpointMismatchError, match=r"metric_model.model.0.weight"):
+        SafeCheckpointer(CASES["raml19"].build(*RAML_SMALL, "MODEL.PIXEL_OOD.METHOD", "ClosedSet"),
+                         allow_new_modules=False).load(str(stage3))
 
 
 def test_a_plugin_checkpoint_of_the_same_model_loads_unchanged(tmp_path):
@@ -163,12 +198,18 @@ def test_released_checkpoints_evaluate_through_demo_and_train_net(tmp_path):
     register(scenes, prefix="official_ckpt")
     demo, train_net = load_tool("demo"), load_tool("train_net")
     images = sorted((scenes / "sem").glob("scene_*[0-9].png"))[:2]
-    for test_id in CASES:
-        model = CASES[test_id].build(*SMALL)
+    for test_id in WRN_CASES + ("raml19",):
+        small = RAML_SMALL if test_id == "raml19" else SMALL
+        model = CASES[test_id].build(*small)
         weights = tmp_path / f"{test_id}.pth"
-        torch.save({"model": official_state(model, WRAPPER[test_id]), "optimizer": {}, "epoch": 1}, weights)
+        if test_id == "raml19":  # main_metric.py's stage-3 checkpoint
+            state = official_state(model, "")
+            torch.save({"model_state": {k: v for k, v in state.items() if not k.startswith("metric_model.")},
+                        "metric_model": {k[13:]: v for k, v in state.items() if k.startswith("metric_model.")}}, weights)
+        else:
+            torch.save({"model": official_state(model, WRAPPER[test_id]), "optimizer": {}, "epoch": 1}, weights)
         config = str(REPO_ROOT / CASES[test_id].config)
-        opts = ["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu", *SMALL]
+        opts = ["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu", *small]
         out = tmp_path / f"demo_{test_id}"
         assert demo.main(["--config-file", config, "--input", *map(str, images), "--output", str(out), "--opts", *opts]) == 0
         assert len(list(out.glob("*_score.npy"))) == 2

@@ -114,19 +114,32 @@ def _renamed(state: Dict[str, Any], source: Optional[str]) -> Dict[str, Any]:
     return {moved.get(k, k): v for k, v in state.items()}
 
 
+def _tensors_only(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(torch.is_tensor(v) or isinstance(v, np.ndarray)
+                                                           for v in value.values())
+
+
 def _state_dict_of(loaded: Dict[str, Any], source: Optional[str]) -> Dict[str, Any]:
     """``loaded`` with its weights under ``model``: a container whose ``model`` holds no tensor
     but one of :data:`STATE_DICT_ENTRIES` is unwrapped (Detectron2 puts a file without a
-    ``model`` entry, e.g. ``{"state_dict": ...}``, under ``model`` as a whole)."""
+    ``model`` entry, e.g. ``{"state_dict": ...}``, under ``model`` as a whole). Other entries of
+    that container that are state dicts too (RAML keeps its metric head apart, ``metric_model``)
+    join it under their entry name (``metric_model.model.0.weight``); optimizer and scheduler
+    states and counters are not loaded."""
     inner = loaded.get("model")
     while isinstance(inner, dict) and not any(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in inner.values()):
         entry = next((e for e in STATE_DICT_ENTRIES if isinstance(inner.get(e), dict)), None)
         if entry is None:
             break
-        others = sorted(str(k) for k in inner if k != entry)
-        logger.info("%s: weights read from its entry '%s'%s", source, entry,
+        extra = sorted(str(k) for k, v in inner.items() if k != entry and _tensors_only(v))
+        others = sorted(str(k) for k in inner if k != entry and str(k) not in extra)
+        logger.info("%s: weights read from its entry '%s'%s%s", source, entry,
+                    f", with the entries {', '.join(extra)} as <entry>.*" if extra else "",
                     f" (not loaded: {', '.join(others)})" if others else "")
-        inner = inner[entry]
+        merged = dict(inner[entry])
+        for name in extra:
+            merged.update({f"{name}.{k}": v for k, v in inner[name].items()})
+        inner = merged
     loaded["model"] = inner
     return loaded
 

@@ -6,7 +6,9 @@ is our ``backbone.mod1.conv1.weight``, RPL's ``branch1.residual_block.atten_aspp
 ``ood_method.residual_block.atten_aspp...``, RAML's ``classifier.aspp...`` our
 ``sem_seg_head.aspp...``. Each part declares where its keys sit in the official checkpoints of its
 network (attribute ``official_key_prefix``: ``""`` for the top level, ``"classifier."`` for RAML's
-head; no attribute: the part has no official checkpoint of its own) and the wrapper prefixes those
+head, or a dict from prefixes of the part's own keys to official prefixes for parts kept under
+other names, e.g. RAML's metric head in the checkpoint's ``metric_model`` entry; no attribute: the
+part has no official checkpoint of its own) and the wrapper prefixes those
 checkpoints carry (``official_key_wrappers``: ``module.`` of DataParallel, ``branch1.`` of PEBAL's
 and RPL's ``Network``). :class:`OfficialKeyLayout` derives the renaming from the model's own keys,
 so it cannot drift from the modules.
@@ -49,9 +51,13 @@ class OfficialKeyLayout:
             prefix = getattr(part, "official_key_prefix", None)
             if prefix is None:
                 continue
+            renames = prefix if isinstance(prefix, Mapping) else {"": prefix}
             wrappers += [w for w in getattr(part, "official_key_wrappers", ()) if w not in wrappers]
             for key in part.state_dict():
-                official = prefix + key
+                own = next((p for p in renames if key.startswith(p)), None)
+                if own is None:
+                    continue  # no official counterpart (e.g. RAML's prototypes)
+                official = renames[own] + key[len(own):]
                 if official in names:
                     raise ValueError(f"official key {official!r} names both {names[official]!r} and {attr}.{key!r}")
                 names[official] = f"{attr}.{key}"

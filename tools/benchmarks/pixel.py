@@ -4,7 +4,7 @@ Inference (``model(batched_inputs)`` of ``PixelOODSegmentor``: no_grad, eval mod
 anomaly score and resizing included) of the shipped configs: PEBAL (WRN-38 DeepLabV3+, 20
 outputs, ``configs/cityscapes/pixel/pebal.yaml``), RPL+CoroCL (plus the residual block, ``final``
 run twice), DenseHybrid (plus ``logits_ood``) and RAML (torchvision ResNet-101 at output stride 16
-and its metric head), against Detectron2's DeepLabV3+ R101 with max-logit
+and its metric head, 19 classes, with its URS region proposals and region embeddings), against Detectron2's DeepLabV3+ R101 with max-logit
 (``configs/cityscapes/pixel/d2_deeplab/closed_set_R101.yaml``: DeepLab stem, output stride 16,
 multi-grid 1-2-4; BN for SyncBN on the CPU), all with random weights. Each case runs in a fresh
 process; the lines give wall milliseconds per image, CPU seconds per image (all threads; steadier
@@ -29,6 +29,7 @@ CONFIGS = {
     "pebal": "configs/cityscapes/pixel/pebal.yaml",
     "rpl_corocl": "configs/cityscapes/pixel/rpl_corocl.yaml",
     "densehybrid": "configs/cityscapes/pixel/densehybrid.yaml",
+    "raml": "configs/cityscapes/pixel/raml.yaml",
 }
 CASES = tuple(CONFIGS)
 

@@ -39,6 +39,8 @@ def add_torchvision_resnet_config(cfg: CfgNode) -> None:
     cfg.MODEL.TORCHVISION_RESNET.OUTPUT_STRIDE = 16  # 8, 16 (RAML's --output_stride default) or 32
     cfg.MODEL.TORCHVISION_RESNET.OUT_FEATURES = ["layer1", "layer4"]  # among layer1 ... layer4
     cfg.MODEL.TORCHVISION_RESNET.NORM = "BN"  # "BN" or "SyncBN"
+    # BatchNorm momentum of the trunk (RAML / VainF main.py: utils.set_bn_momentum(backbone, 0.01)).
+    cfg.MODEL.TORCHVISION_RESNET.BN_MOMENTUM = 0.1
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 _DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
@@ -65,6 +67,7 @@ class TorchvisionResNet(Backbone):
         output_stride: int = 16,
         out_features: Sequence[str] = ("layer1", "layer4"),
         norm: str = "BN",
+        bn_momentum: float = 0.1,
     ):
         """
         Args:
@@ -72,6 +75,7 @@ class TorchvisionResNet(Backbone):
             output_stride: 32, 16 or 8; the later stages are dilated instead of strided.
             out_features: stage names among ``layer1`` ... ``layer4``.
             norm: Detectron2 norm name for every BatchNorm (``"BN"`` or ``"SyncBN"``).
+            bn_momentum: momentum of every BatchNorm (RAML trains with 0.01).
 
         Raises:
             ValueError: for an unsupported depth or output stride or an unknown stage name.
@@ -102,6 +106,9 @@ class TorchvisionResNet(Backbone):
         self._out_feature_strides = dict(zip(_STAGES, strides))
         self._out_features = list(out_features)
         self._last_stage = max(_STAGES.index(f) for f in out_features) + 1
+        for module in self.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = bn_momentum
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """x: B x 3 x H x W normalised image -> {stage: B x C x h x w}."""
@@ -123,7 +130,7 @@ class TorchvisionResNet(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_torchvision_resnet_backbone(cfg, input_shape: ShapeSpec) -> TorchvisionResNet:
     """torchvision-layout ResNet from ``cfg.MODEL.TORCHVISION_RESNET`` (DEPTH, OUTPUT_STRIDE,
-    OUT_FEATURES, NORM; :func:`add_torchvision_resnet_config`).
+    OUT_FEATURES, NORM, BN_MOMENTUM; :func:`add_torchvision_resnet_config`).
 
     Raises:
         ValueError: if the input is not 3-channel (torchvision's stem is fixed to RGB).
@@ -132,4 +139,5 @@ def build_torchvision_resnet_backbone(cfg, input_shape: ShapeSpec) -> Torchvisio
         raise ValueError(f"build_torchvision_resnet_backbone: expects 3 input channels, got {input_shape.channels}")
     tv = cfg.MODEL.TORCHVISION_RESNET
     out_features: List[str] = list(tv.OUT_FEATURES)
-    return TorchvisionResNet(depth=tv.DEPTH, output_stride=tv.OUTPUT_STRIDE, out_features=out_features, norm=tv.NORM)
+    return TorchvisionResNet(depth=tv.DEPTH, output_stride=tv.OUTPUT_STRIDE, out_features=out_features, norm=tv.NORM,
+                             bn_momentum=tv.BN_MOMENTUM)

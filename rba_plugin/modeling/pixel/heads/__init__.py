@@ -22,16 +22,25 @@ A head may declare ``official_key_prefix``: where its keys sit in the official c
 network (see :mod:`rba_plugin.modeling.official_keys`).
 
 Heads: :class:`PixelDeepLabV3PlusHead` (Detectron2's ``DeepLabV3PlusHead``, same parameters and
-keys), :class:`DeepWV3PlusHead` (NVIDIA's WideResNet-38 DeepLabV3+ of PEBAL, RPL and DenseHybrid).
+keys), :class:`DeepWV3PlusHead` (NVIDIA's WideResNet-38 DeepLabV3+ of PEBAL, RPL and DenseHybrid),
+:class:`RAMLDeepLabV3PlusHead` (RAML's DeepLabV3+ metric head, with its MCA conv ``conv3``).
 """
 from __future__ import annotations
 
 from torch import nn
 
 from .deeplab import PixelDeepLabV3PlusHead
+from .raml_deeplab import RAMLDeepLabV3PlusHead
 from .wider_deeplab import DeepWV3PlusHead, WiderASPP
 
-__all__ = ["PIXEL_HEAD_METHODS", "check_pixel_head", "PixelDeepLabV3PlusHead", "DeepWV3PlusHead", "WiderASPP"]
+__all__ = [
+    "PIXEL_HEAD_METHODS",
+    "check_pixel_head",
+    "PixelDeepLabV3PlusHead",
+    "DeepWV3PlusHead",
+    "WiderASPP",
+    "RAMLDeepLabV3PlusHead",
+]
 
 # What the per-pixel segmentor needs of its head.
 PIXEL_HEAD_METHODS = ("decode", "decoder_features", "predict", "classify", "upsample")
@@ -43,5 +52,5 @@ def check_pixel_head(head: nn.Module) -> None:
     if missing:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.NAME={type(head).__name__!r} is not a head of the per-pixel branch (it lacks "
-            f"{', '.join(missing)}); use 'PixelDeepLabV3PlusHead', 'DeepWV3PlusHead' or another head with those pieces"
+            f"{', '.join(missing)}); use 'PixelDeepLabV3PlusHead', 'DeepWV3PlusHead', 'RAMLDeepLabV3PlusHead' or another head with those pieces"
         )
