@@ -222,3 +222,17 @@ def test_released_checkpoints_evaluate_through_demo_and_train_net(tmp_path):
         metrics = results["official_ckpt_ood"]
         assert 0.0 <= metrics["AUROC"] <= 100.0 and 0.0 <= metrics["AP"] <= 100.0, metrics
         assert (eval_dir / "inference" / "ood_official_ckpt_ood.json").is_file()
+
+
+def test_torchvision_imagenet_trunk_initialises_raml_stage_one(tmp_path):
+    """raml_closed_set.yaml's MODEL.WEIGHTS: torchvision's ImageNet ResNet matched by names (its fc
+    has no place and is logged, not refused)."""
+    import torchvision
+
+    model = CASES["raml19"].build(*RAML_SMALL, "MODEL.PIXEL_OOD.METHOD", "ClosedSet")
+    imagenet = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(imagenet, path)
+    SafeCheckpointer(model).load(f"{path}?matching_heuristics=True")
+    state = model.state_dict()
+    assert all(torch.equal(state["backbone." + k], v) for k, v in imagenet.items() if not k.startswith("fc."))

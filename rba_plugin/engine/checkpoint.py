@@ -315,7 +315,11 @@ class SafeCheckpointer(DetectionCheckpointer):
         """The (missing, unexpected, shape) differences no rule allows; None when there are none."""
         new = newly_initialized_prefixes(self.model) if self.allow_new_modules else ()
         missing = [] if backbone_only else [k for k in incompatible.missing_keys if not _under(k, new)]
-        unexpected = list(incompatible.unexpected_keys)
+        # A backbone-only checkpoint matched by names (an ImageNet classifier) keeps its classifier.
+        unexpected = [] if backbone_only else list(incompatible.unexpected_keys)
+        if backbone_only and incompatible.unexpected_keys:
+            logger.info("Not used (no place in the model): %d keys of %s, e.g. %s", len(incompatible.unexpected_keys),
+                        self._loading, ", ".join(incompatible.unexpected_keys[:3]))
         shapes = [s for s in incompatible.incorrect_shapes if not _under(s[0], new)]
         if missing or unexpected or shapes:
             return missing, unexpected, shapes
