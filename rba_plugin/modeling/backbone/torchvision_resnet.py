@@ -81,7 +81,8 @@ class TorchvisionResNet(Backbone):
             ValueError: for an unsupported depth or output stride or an unknown stage name.
         """
         super().__init__()
-        builders = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101, 152: torchvision.models.resnet152}
+        models = torchvision.models
+        builders = {50: models.resnet50, 101: models.resnet101, 152: models.resnet152}
         if depth not in builders:
             raise ValueError(f"TorchvisionResNet: depth must be one of {sorted(builders)}, got {depth}")
         if output_stride not in _DILATE:

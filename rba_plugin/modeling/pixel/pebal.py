@@ -4,8 +4,9 @@ The closed-set head gets an abstention class, a (C+1)-th logit on the same decod
 (``MODEL.PEBAL.ABSTENTION``, :mod:`.pebal_abstention`: officially a 20th row of the head's last
 conv, ``final.6``; on Detectron2's DeepLabV3+ a separate 1x1 conv); only the final
 classification block trains (the head's ``classification_block`` and the abstention channel), as
-the official trainer (``code/engine/trainer.py`` lines 78-83: ``branch1.final``). Loss (Eq. 2): PAL (Eq. 3, penalty a = (-E)^2) + lambda * energy hinge
-(Eqs. 6-7) + beta1 * smoothness + beta2 * sparsity (Eq. 8): the terms ``PEBALAbstention``,
+the official trainer (``code/engine/trainer.py`` lines 80-85: ``branch1.final``). Loss (Eq. 2):
+PAL (Eq. 3, penalty a = (-E)^2) + lambda * energy hinge (Eqs. 6-7) + beta1 * smoothness + beta2 *
+sparsity (Eq. 8): the terms ``PEBALAbstention``,
 ``PEBALEnergyHinge``, ``PEBALSmoothness``, ``PEBALSparsity`` of
 :mod:`rba_plugin.modeling.loss_terms.pebal`, config group ``MODEL.PEBAL``. Inference:
 ``sem_seg`` = the C inlier logits, default score their free energy (Eq. 4), smoothed 7x7.

@@ -85,5 +85,6 @@ def build_mca_conv(cfg, head: nn.Module) -> nn.Module:
     """The structure named by ``MODEL.MCA.CONV``; a ValueError lists the registered ones."""
     name = cfg.MODEL.MCA.CONV
     if name not in RAML_MCA_CONV_REGISTRY:
-        raise ValueError(f"MODEL.MCA.CONV={name!r} is not registered; known: {sorted(k for k, _ in RAML_MCA_CONV_REGISTRY)}")
+        known = sorted(k for k, _ in RAML_MCA_CONV_REGISTRY)
+        raise ValueError(f"MODEL.MCA.CONV={name!r} is not registered; known: {known}")
     return RAML_MCA_CONV_REGISTRY.get(name)(cfg, head)

@@ -15,7 +15,8 @@ and the hidden map CoroCL's projector embeds:
 A block is built with ``cls(cfg, head)`` and declares the conv learnt at ``MODEL.RPL.EXPAND_LR_MULT``
 (``expand_prefix``) and what it copies from the head when a closed-set checkpoint initialises it
 (``head_copies``: RPL's ``load_model`` copies the trained ASPP, ``rpl_corocl.code/utils/pyt_utils.py``
-lines 317-322, whose ``"aspp" in k`` also copies ``bot_aspp`` into ``bot_atten_aspp``).
+lines 317-322, whose ``"aspp" in k`` also copies ``bot_aspp`` into ``bot_atten_aspp``; lines
+338-343 initialise the projector and ``atten_aspp_final``).
 """
 from __future__ import annotations
 

@@ -155,7 +155,9 @@ class PixelOODSegmentor(nn.Module):
         return OfficialKeyLayout.of({"backbone": self.backbone, "sem_seg_head": self.sem_seg_head,
                                      "ood_method": self.ood_method})
 
-    def adapt_checkpoint(self, state_dict: Dict[str, Tensor], fill_new_modules: bool = True) -> Tuple[Dict[str, Tensor], List[str]]:
+    def adapt_checkpoint(
+        self, state_dict: Dict[str, Tensor], fill_new_modules: bool = True
+    ) -> Tuple[Dict[str, Tensor], List[str]]:
         """A checkpoint's state dict in this model's layout, before keys and shapes are compared
         (called by :class:`rba_plugin.engine.SafeCheckpointer` for ``MODEL.WEIGHTS``).
 

@@ -52,5 +52,6 @@ def check_pixel_head(head: nn.Module) -> None:
     if missing:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.NAME={type(head).__name__!r} is not a head of the per-pixel branch (it lacks "
-            f"{', '.join(missing)}); use 'PixelDeepLabV3PlusHead', 'DeepWV3PlusHead', 'RAMLDeepLabV3PlusHead' or another head with those pieces"
+            f"{', '.join(missing)}); use 'PixelDeepLabV3PlusHead', 'DeepWV3PlusHead', 'RAMLDeepLabV3PlusHead' or "
+            "another head with those pieces"
         )

@@ -2,7 +2,7 @@
 head protocol (:mod:`rba_plugin.modeling.pixel.heads`).
 
 Reproduces ``DeepLabHeadV3Plus_Metric`` and the output part of ``_SimpleSegmentationModel_Metric``
-in ``incremental/network/utils.py`` (czifan/RAML @ 670be90, lines 9-60 and 180-197; VainF's
+in ``incremental/network/utils.py`` (czifan/RAML @ 670be90, lines 9-67 and 176-200; VainF's
 DeepLabV3Plus-Pytorch with RAML's additions):
 
 - ``project``: 1x1 conv 256 -> 48 + BN + ReLU on the stride-4 ``layer1`` feature;
@@ -93,7 +93,9 @@ class RAMLDeepLabV3PlusHead(nn.Module):
         """
         super().__init__()
         if len(input_shape) != 2:
-            raise ValueError(f"RAMLDeepLabV3PlusHead: needs a low-level and a coarse feature, got {sorted(input_shape)}")
+            raise ValueError(
+                f"RAMLDeepLabV3PlusHead: needs a low-level and a coarse feature, got {sorted(input_shape)}"
+            )
         (fine_name, fine), (coarse_name, coarse) = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [fine_name, coarse_name]
         self.common_stride = fine.stride

@@ -2,7 +2,7 @@
 in the pieces of the per-pixel head protocol (:mod:`rba_plugin.modeling.pixel.heads`).
 
 Reproduces ``_AtrousSpatialPyramidPoolingModule`` and the decoder part of ``DeepWV3Plus`` in
-``code/model/wide_network.py`` (tianyu0207/PEBAL @ 0293bee, lines 9-66 and 69-160); the same
+``code/model/wide_network.py`` (tianyu0207/PEBAL @ 0293bee, lines 9-66 and 69-158); the same
 modules are in ``rpl_corocl.code/model/wide_network.py`` (yyliu01/RPL @ 1a327d5) and
 ``models/deeplabv3/deeplabv3.py`` (matejgrcic/DenseHybrid @ 742ceab, ``DeepWV3PlusTH``). Unlike
 Detectron2's ``DeepLabV3PlusHead`` this decoder
