@@ -33,6 +33,10 @@ SMALL = ("MODEL.WIDE_RESNET.STRUCTURE", "[1, 1, 1, 1, 1, 1]")
 WRAPPER = {"pebal": "branch1.", "rpl": "branch1.", "densehybrid": ""}
 
 
+# The container each network's released checkpoint comes in, used for the tools' runs.
+CONTAINER = {"pebal": "training", "rpl": "ddp_training", "densehybrid": "bare"}
+
+
 def official_state(model, wrapper: str, seed: int = 5) -> Dict[str, torch.Tensor]:
     """The recipe's weights for ``model`` under the official key names, with ``wrapper``."""
     layout = model.official_key_layout()
@@ -103,8 +107,8 @@ def test_raml_checkpoints_of_each_stage_load_strictly(tmp_path, caplog):
     network = {k: v for k, v in state.items() if not k.startswith("metric_model.")}
     metric = {k[len("metric_model."):]: v for k, v in state.items() if k.startswith("metric_model.")}
     assert sorted(metric) == ["classifier.weight", "model.0.bias", "model.0.weight", "model.2.bias", "model.2.weight"]
-    common = {"optimizer_state": {"state": {}, "param_groups": []}, "scheduler_state": {"last_epoch": 3}, "cur_itrs": 30000,
-              "best_score": np.float64(0.7)}
+    common = {"optimizer_state": {"state": {}, "param_groups": []}, "scheduler_state": {"last_epoch": 3},
+              "cur_itrs": 30000, "best_score": np.float64(0.7)}
     stage12, stage3 = tmp_path / "final_stage2.pth", tmp_path / "final_stage3.pth"
     torch.save({"model_state": network, **common}, stage12)
     torch.save({"model_state": network, "metric_model": metric, "batch_idx": 9999, **common}, stage3)
@@ -158,7 +162,9 @@ def test_nvidia_closed_set_checkpoint_initialises_each_method_as_the_official_co
     closed = CASES["pebal"].build(*SMALL, "MODEL.PIXEL_OOD.METHOD", "ClosedSet")
     state = official_state(closed, "")
     path = tmp_path / "cityscapes_best.pth"
-    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 175}, path)
+    nvidia = {"module." + k: v for k, v in state.items()}
+    nvidia["module.criterion.nll_loss.weight"] = torch.ones(19)  # the loss's class weights, dropped
+    torch.save({"state_dict": nvidia, "epoch": 175}, path)
     final6 = state["final.6.weight"]
 
     # PEBAL: final.6 widened to 20 rows; the first 19 are NVIDIA's, the 20th Kaiming-normal.
@@ -169,6 +175,7 @@ def test_nvidia_closed_set_checkpoint_initialises_each_method_as_the_official_co
     assert weight.shape == (20, 256, 1, 1) and torch.equal(weight[:19], final6)
     assert 0.5 < weight[19].std().item() / (2 / 256) ** 0.5 < 1.5
     assert "widened from 19 to 20 rows" in caplog.text
+    assert "dropped 1 keys the official loaders drop too (module.criterion.nll_loss.weight)" in caplog.text
     # ... and evaluating a method with a closed-set checkpoint is refused (nothing is widened).
     with pytest.raises(CheckpointMismatchError, match="different shapes"):
         SafeCheckpointer(CASES["pebal"].build(*SMALL), allow_new_modules=False).load(str(path))
@@ -180,7 +187,8 @@ def test_nvidia_closed_set_checkpoint_initialises_each_method_as_the_official_co
     with caplog.at_level(logging.INFO, logger="rba_plugin.engine.checkpoint"):
         SafeCheckpointer(rpl).load(str(path))
     block, head = rpl.ood_method.residual_block, rpl.sem_seg_head
-    assert all(torch.equal(a, b) for a, b in zip(block.atten_aspp.state_dict().values(), head.aspp.state_dict().values()))
+    copied = zip(block.atten_aspp.state_dict().values(), head.aspp.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in copied)
     assert torch.equal(block.bot_atten_aspp.weight, head.bot_aspp.weight)
     assert "initialised as a copy of the head's aspp" in caplog.text
     assert "Initialised from scratch" in caplog.text and "ood_method." in caplog.text
@@ -204,14 +212,17 @@ def test_released_checkpoints_evaluate_through_demo_and_train_net(tmp_path):
         weights = tmp_path / f"{test_id}.pth"
         if test_id == "raml19":  # main_metric.py's stage-3 checkpoint
             state = official_state(model, "")
-            torch.save({"model_state": {k: v for k, v in state.items() if not k.startswith("metric_model.")},
-                        "metric_model": {k[13:]: v for k, v in state.items() if k.startswith("metric_model.")}}, weights)
-        else:
-            torch.save({"model": official_state(model, WRAPPER[test_id]), "optimizer": {}, "epoch": 1}, weights)
+            metric = {k[len("metric_model."):]: v for k, v in state.items() if k.startswith("metric_model.")}
+            network = {k: v for k, v in state.items() if not k.startswith("metric_model.")}
+            torch.save({"model_state": network, "metric_model": metric}, weights)
+        else:  # a different official container per network
+            state = official_state(model, WRAPPER[test_id])
+            torch.save(containers(state, WRAPPER[test_id])[CONTAINER[test_id]], weights)
         config = str(REPO_ROOT / CASES[test_id].config)
         opts = ["MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu", *small]
         out = tmp_path / f"demo_{test_id}"
-        assert demo.main(["--config-file", config, "--input", *map(str, images), "--output", str(out), "--opts", *opts]) == 0
+        argv = ["--config-file", config, "--input", *map(str, images), "--output", str(out), "--opts", *opts]
+        assert demo.main(argv) == 0
         assert len(list(out.glob("*_score.npy"))) == 2
         eval_dir = tmp_path / f"eval_{test_id}"
         args = default_argument_parser().parse_args([

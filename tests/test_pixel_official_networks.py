@@ -45,7 +45,9 @@ class OfficialRun:
         self.captured: Dict[str, object] = {}
         first = self.model.backbone.mod1 if hasattr(self.model.backbone, "mod1") else self.model.backbone.conv1
         handles = [
-            first.register_forward_pre_hook(lambda _m, args: self.captured.__setitem__("network_input", args[0].clone())),
+            first.register_forward_pre_hook(
+                lambda _m, args: self.captured.__setitem__("network_input", args[0].clone())
+            ),
             self.model.ood_method.register_forward_hook(
                 lambda _m, args, out: self.captured.update(method_args=args, method_outputs=out)
             ),

@@ -106,6 +106,9 @@ class DeepWV3PlusHead(nn.Module):
     """
 
     official_key_prefix = ""
+    # NVIDIA's checkpoints also hold the training loss's class weights (DeepWV3Plus keeps its
+    # criterion); PEBAL's and RPL's load_model skip them ("module.criterion.nll_loss.weight").
+    official_unused_keys = ("criterion.",)
     predictor_prefix = "final.6"
     aspp_prefix = "aspp"
 
