@@ -61,9 +61,12 @@ class PredictorRow(nn.Module):
     """The official structure: row C of the head's predictor abstains (no module of its own).
 
     Args:
-        head: the per-pixel head; its predictor is widened by one row when this is built.
+        head: the per-pixel head; its predictor (``head.predictor_prefix``) is widened by one row
+            when this is built (the head is not kept as a submodule).
         num_classes: C, the known classes.
-        predictor_prefix: the head's predictor name (``head.predictor_prefix``).
+
+    Raises:
+        ValueError: if the head's predictor does not have C outputs.
     """
 
     @configurable
