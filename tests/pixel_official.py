@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -93,6 +95,21 @@ def load_official(model, state_dict: Dict[str, torch.Tensor], missing_ok: Sequen
     if missing_ok:
         assert not result.unexpected_keys, result.unexpected_keys
         assert all(k.startswith(tuple(missing_ok)) for k in result.missing_keys), result.missing_keys
+
+
+@contextmanager
+def plugin_log(caplog):
+    """Capture the plugin's INFO log in ``caplog``: a tool's ``setup_logger(name="rba_plugin")``
+    (run by earlier tests in the same process) stops it from propagating to the root logger."""
+    logger = logging.getLogger("rba_plugin")
+    level = logger.level
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(level)
 
 
 def checksums(state_dict: Dict[str, torch.Tensor]) -> Dict[str, Tuple[float, float]]:

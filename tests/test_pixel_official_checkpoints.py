@@ -12,7 +12,6 @@ are checked against the official tables in test_pixel_official_networks.py.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict
 
@@ -25,7 +24,7 @@ from rba_plugin.engine import CheckpointMismatchError, SafeCheckpointer
 
 from .conftest import REPO_ROOT
 from .pixel_e2e_utils import load_tool
-from .pixel_official import CASES, WRN_CASES, recipe_tensor
+from .pixel_official import CASES, WRN_CASES, plugin_log, recipe_tensor
 from .train_net_scenes import register, write_dataset
 
 SMALL = ("MODEL.WIDE_RESNET.STRUCTURE", "[1, 1, 1, 1, 1, 1]")
@@ -84,7 +83,7 @@ def test_every_official_container_loads_strictly_with_a_log(test_id, tmp_path, c
         torch.save(container, path)
         fresh = CASES[test_id].build(*SMALL)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="rba_plugin.engine.checkpoint"):
+        with plugin_log(caplog):
             SafeCheckpointer(fresh, allow_new_modules=False).load(str(path))  # as --eval-only / demo
         loaded = fresh.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in expected.items()), name
@@ -118,7 +117,7 @@ def test_raml_checkpoints_of_each_stage_load_strictly(tmp_path, caplog):
     assert all(torch.equal(closed.state_dict()[k], v) for k, v in unwrapped(closed, network, "").items())
     # Stage 3: network and metric head; the prototypes start empty (logged).
     fresh = CASES["raml19"].build(*RAML_SMALL)
-    with caplog.at_level(logging.INFO):
+    with plugin_log(caplog):
         SafeCheckpointer(fresh, allow_new_modules=False).load(str(stage3))
     loaded = fresh.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in unwrapped(fresh, state, "").items())
@@ -169,7 +168,7 @@ def test_nvidia_closed_set_checkpoint_initialises_each_method_as_the_official_co
 
     # PEBAL: final.6 widened to 20 rows; the first 19 are NVIDIA's, the 20th Kaiming-normal.
     pebal = CASES["pebal"].build(*SMALL)
-    with caplog.at_level(logging.INFO, logger="rba_plugin.engine.checkpoint"):
+    with plugin_log(caplog):
         SafeCheckpointer(pebal).load(str(path))
     weight = pebal.sem_seg_head.final[6].weight
     assert weight.shape == (20, 256, 1, 1) and torch.equal(weight[:19], final6)
@@ -184,7 +183,7 @@ def test_nvidia_closed_set_checkpoint_initialises_each_method_as_the_official_co
     # "aspp" in k), atten_aspp_final and the projector stay fresh.
     rpl = CASES["rpl"].build(*SMALL)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="rba_plugin.engine.checkpoint"):
+    with plugin_log(caplog):
         SafeCheckpointer(rpl).load(str(path))
     block, head = rpl.ood_method.residual_block, rpl.sem_seg_head
     copied = zip(block.atten_aspp.state_dict().values(), head.aspp.state_dict().values())
