@@ -65,7 +65,9 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
 
     # --- solver ---
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, level embeds, ...)
-    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW", "ADAM" or "SGD"
+    # (ours) epsilon of ADAM / ADAMW: torch's 1e-8; DenseHybrid's official fine-tuning uses 1e-7.
+    cfg.SOLVER.ADAM_EPS = 1e-8
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # LR multiplier of backbone parameters
     cfg.SOLVER.POLY_LR_POWER = 0.9  # WarmupPolyLR (also in add_deeplab_config)
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
@@ -165,7 +167,8 @@ def add_rba_config(cfg: CfgNode) -> None:
     Refused when set (not implemented): MATCHER = "FixedMatcher", USE_POINT_REND and
     SOLVER.FORCE_REGION_PARTITION. Accepted but not acted on: PEBAL_REWARD (used by RbA's code
     only for empty inputs, which never occur), the open-panoptic keys, REPEAT_INSTANCE_MASKS, the
-    WANDB keys (dead in RbA too) and the MVIT / VIT / WIDE_RESNET backbone groups.
+    WANDB keys (dead in RbA too) and the MVIT / VIT backbone groups. WIDE_RESNET is read by the
+    WideResNet-38 backbone of the per-pixel branch (rba_plugin/modeling/backbone/wider_resnet.py).
     """
     # --- outlier supervision (RbA's loss; loss terms of rba_plugin/modeling/loss_terms/) ---
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
@@ -239,7 +242,7 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.SOLVER.USE_WANDB = False
     cfg.SOLVER.WANDB_PROJECT = "mask2former"
     cfg.SOLVER.WANDB_NAME = ""
-    # --- RbA's other backbones (keys only; the backbones are not part of this plugin) ---
+    # --- RbA's other backbones (MVIT / VIT: keys only; WIDE_RESNET: the per-pixel WideResNet-38) ---
     cfg.MODEL.MVIT = CN()
     cfg.MODEL.MVIT.ACT_LAYER = "GELU"
     cfg.MODEL.MVIT.ADAPTIVE_KV_STRIDE = 4

@@ -9,7 +9,7 @@ from rba_plugin.config import get_cfg
 
 def tiny_pixel_cfg(method: str = "ClosedSet", num_classes: int = 4):
     cfg = get_cfg()
-    cfg.merge_from_file("configs/cityscapes/pixel/Base-DeepLabV3Plus-R101.yaml")
+    cfg.merge_from_file("configs/cityscapes/pixel/d2_deeplab/Base-DeepLabV3Plus-R101.yaml")
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     r = cfg.MODEL.RESNETS

@@ -31,9 +31,12 @@ POOL_SIZE = 12
 TRAIN_IMAGES = 10  # dataset dicts of the scene (one pass = one epoch)
 
 RBA = "configs/cityscapes/mask2former/swin/maskformer2_swin_base_IN21k_384_bs16_1dl_rba_ood_coco.yaml"
-PEBAL = "configs/cityscapes/pixel/pebal_R101.yaml"
-RPL = "configs/cityscapes/pixel/rpl_corocl_R101.yaml"
-VCA = "configs/cityscapes/pixel/vca_R101.yaml"
+D2 = "configs/cityscapes/pixel/d2_deeplab"
+PEBAL = "configs/cityscapes/pixel/pebal.yaml"
+# RPL's recipe is measured with the 512 x 1024 crop of Detectron2's DeepLab config (its official
+# 700 x 700 crop is 43 px at this 1/16 scale, narrower than the large pool's scaled objects).
+RPL = f"{D2}/rpl_corocl_R101.yaml"
+VCA = f"{D2}/vca_R101.yaml"
 
 
 def pool_colour(i):
@@ -161,12 +164,13 @@ def test_configs_set_each_methods_recipe():
     rba = load(RBA)
     assert (rba.OOD_PASTE_STAGE, rba.OOD_SCALE_MODE, rba.OOD_PROB, rba.COCO_PROXY_SIZE, rba.OOD_PROXY_POLICY,
             rba.RANDOM_FLIP_PROB) == ("before_augmentation", "native", 0.1, 300, "fixed", 0.5)
-    pebal = load(PEBAL)
-    assert (pebal.OOD_PASTE_STAGE, pebal.OOD_SCALE_MODE, pebal.COCO_PROXY_SIZE, pebal.OOD_PROXY_POLICY,
-            pebal.RANDOM_FLIP_PROB) == ("before_augmentation", "native", 297, "per_epoch", 0.8)
-    assert pebal.OOD_PROB == pytest.approx(297 / (2975 + 297), abs=5e-5)
-    assert [s / 1024 for s in pebal.MIN_SIZE_TRAIN] == [0.5, 0.75, 1, 1.5, 1.75, 2.0]
-    for path in (RPL, "configs/cityscapes/pixel/rpl_R101.yaml"):
+    for path in (PEBAL, f"{D2}/pebal_R101.yaml"):  # the official network and Detectron2's DeepLab
+        pebal = load(path)
+        assert (pebal.OOD_PASTE_STAGE, pebal.OOD_SCALE_MODE, pebal.COCO_PROXY_SIZE, pebal.OOD_PROXY_POLICY,
+                pebal.RANDOM_FLIP_PROB) == ("before_augmentation", "native", 297, "per_epoch", 0.8)
+        assert pebal.OOD_PROB == pytest.approx(297 / (2975 + 297), abs=5e-5)
+        assert [s / 1024 for s in pebal.MIN_SIZE_TRAIN] == [0.5, 0.75, 1, 1.5, 1.75, 2.0]
+    for path in (RPL, f"{D2}/rpl_R101.yaml", "configs/cityscapes/pixel/rpl_corocl.yaml", "configs/cityscapes/pixel/rpl.yaml"):
         rpl = load(path)
         assert (rpl.OOD_PASTE_STAGE, rpl.OOD_SCALE_MODE, rpl.OOD_PROB, rpl.COCO_PROXY_SIZE, rpl.OOD_PROXY_POLICY,
                 rpl.RANDOM_FLIP_PROB, tuple(rpl.MIN_SIZE_TRAIN)) == ("after_crop", "factors", 1.0, 2975, "per_epoch",

@@ -18,8 +18,8 @@ def softmax(values):
 
 
 def test_registered_names():
-    assert available_scores() == ["densehybrid", "energy", "entropy", "maxlogit", "msp", "neg_logit_sum",
-                                  "neg_sigmoid_sum", "raml", "rba", "unknown_probability"]
+    assert available_scores() == ["densehybrid", "densehybrid_official", "energy", "entropy", "maxlogit", "msp",
+                                  "neg_logit_sum", "neg_sigmoid_sum", "raml", "rba", "unknown_probability"]
     assert [n for n in available_scores() if get_score(n).inputs == ("class_scores",)] == [
         "energy", "entropy", "maxlogit", "msp", "neg_logit_sum", "neg_sigmoid_sum", "rba"]
 

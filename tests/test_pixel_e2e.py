@@ -44,12 +44,12 @@ def test_optimizer_groups_follow_the_method():
     optimizer = Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.Adam)
     by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
-    expand = {id(p) for n, p in model.named_parameters() if n.startswith("ood_method.residual.expand.")}
+    expand = {id(p) for n, p in model.named_parameters() if n.startswith("ood_method.residual_block.expand.")}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert set(by_lr) == {0.01, 0.01 * cfg.MODEL.RPL.EXPAND_LR_MULT}
     assert by_lr[0.01 * cfg.MODEL.RPL.EXPAND_LR_MULT] == expand
     assert set().union(*by_lr.values()) == trainable  # frozen parameters never reach the optimizer
-    assert all(n.startswith("ood_method.residual.") for n, p in model.named_parameters() if id(p) in trainable)
+    assert all(n.startswith("ood_method.residual_block.") for n, p in model.named_parameters() if id(p) in trainable)
 
     cfg.SOLVER.OPTIMIZER = "LAMB"
     with pytest.raises(ValueError, match="LAMB"):
@@ -122,7 +122,7 @@ def test_every_method_trains_and_evaluates_through_train_net(tiny_synth, tmp_pat
     base_dir, base = run("closed_set.yaml", "closed_set")
     weights = ("MODEL.WEIGHTS", str(base_dir / "model_final.pth"))
     results = {"closed_set": base}
-    for method in ("rpl_corocl", "pebal", "raml", "vca"):
+    for method in ("rpl_corocl", "pebal", "densehybrid", "raml", "vca"):
         _, results[method] = run(f"{method}.yaml", method, *weights)
     for method, values in results.items():
         for key in OOD_KEYS:
@@ -136,11 +136,11 @@ def test_every_method_trains_and_evaluates_through_train_net(tiny_synth, tmp_pat
     assert results["rpl_corocl"]["AUROC"] != base["AUROC"]
     # VCA reports its open-set metric; the others predict no unknown class.
     assert 0.0 <= results["vca"]["unknown_IoU"] <= 100.0
-    assert all("unknown_IoU" not in results[m] for m in ("closed_set", "rpl_corocl", "pebal", "raml"))
+    assert all("unknown_IoU" not in results[m] for m in ("closed_set", "rpl_corocl", "pebal", "densehybrid", "raml"))
     # Fine-tuned checkpoints carry the method's trained modules, started from the base.
     rpl_state = torch.load(tmp_path / "rpl_corocl" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     base_state = torch.load(base_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert any(k.startswith("ood_method.residual.projector") for k in rpl_state)
+    assert any(k.startswith("ood_method.residual_block.projector") for k in rpl_state)
     assert torch.equal(rpl_state["sem_seg_head.predictor.weight"], base_state["sem_seg_head.predictor.weight"])
     log = (tmp_path / "rpl_corocl" / "log.txt").read_text()
     assert "loss_corocl" in log

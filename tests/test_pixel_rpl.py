@@ -136,9 +136,9 @@ def test_rpl_loads_closed_set_checkpoint_and_copies_aspp(closed_set_and_rpl):
     base, rpl, incompatible = closed_set_and_rpl
     assert not incompatible.unexpected_keys
     # Only the expand conv and the projector are new; the residual ASPP came from the head's.
-    assert all(k.startswith(("ood_method.residual.expand", "ood_method.residual.projector")) for k in incompatible.missing_keys)
+    assert all(k.startswith(("ood_method.residual_block.expand", "ood_method.residual_block.projector")) for k in incompatible.missing_keys)
     head_aspp = base.sem_seg_head.decoder["res5"]["project_conv"].state_dict()
-    for k, v in rpl.ood_method.residual.aspp.state_dict().items():
+    for k, v in rpl.ood_method.residual_block.aspp.state_dict().items():
         assert torch.equal(v, head_aspp[k]), k
 
 
@@ -152,9 +152,9 @@ def test_rpl_trains_only_the_residual_block(closed_set_and_rpl):
     after = rpl.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "nothing trained"
-    assert all(k.startswith("ood_method.residual.") for k in changed), sorted(changed)[:5]
-    assert any(k.startswith("ood_method.residual.expand") for k in changed)
-    assert any(k.startswith("ood_method.residual.projector") for k in changed)
+    assert all(k.startswith("ood_method.residual_block.") for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("ood_method.residual_block.expand") for k in changed)
+    assert any(k.startswith("ood_method.residual_block.projector") for k in changed)
     assert any("running_mean" in k for k in changed)  # the residual ASPP's own BN trains
 
 
@@ -188,7 +188,7 @@ def test_rpl_score_is_smoothed_energy_of_rpl_logits(closed_set_and_rpl):
         feats = rpl.backbone(images.tensor)
         head = rpl.sem_seg_head
         dec_in = head.decode(feats)
-        residual, _ = rpl.ood_method.residual(feats["res5"], dec_in.shape[-2:])
+        residual, _ = rpl.ood_method.residual_block(feats["res5"], dec_in.shape[-2:])
         rpl_logits = head.predictor(head.decoder["res2"]["fuse_conv"](dec_in + residual))
         up = torch.nn.functional.interpolate(rpl_logits, scale_factor=4, mode="bilinear", align_corners=False)
         energy = -torch.logsumexp(up, dim=1)
@@ -240,7 +240,7 @@ def test_rpl_starts_from_a_closed_set_checkpoint_file(tmp_path, base_state):
     rpl = build_model(tiny_pixel_cfg("RPL"))
     DetectionCheckpointer(rpl).load(str(tmp_path / "model_final.pth"))
     head_aspp = base.sem_seg_head.decoder["res5"]["project_conv"].state_dict()
-    for k, v in rpl.ood_method.residual.aspp.state_dict().items():
+    for k, v in rpl.ood_method.residual_block.aspp.state_dict().items():
         assert torch.equal(v, head_aspp[k]), k
     for k, v in base.state_dict().items():
         assert torch.equal(v, rpl.state_dict()[k]), k
@@ -248,6 +248,6 @@ def test_rpl_starts_from_a_closed_set_checkpoint_file(tmp_path, base_state):
     cfg = tiny_pixel_cfg("RPL")
     cfg.MODEL.RPL.INIT_FROM_HEAD_ASPP = False
     fresh = build_model(cfg)
-    w = fresh.ood_method.residual.aspp.convs[0].weight.clone()
+    w = fresh.ood_method.residual_block.aspp.convs[0].weight.clone()
     DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
-    assert torch.equal(fresh.ood_method.residual.aspp.convs[0].weight, w)
+    assert torch.equal(fresh.ood_method.residual_block.aspp.convs[0].weight, w)

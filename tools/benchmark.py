@@ -5,6 +5,7 @@
     python tools/benchmark.py eval        # streaming anomaly metrics vs scikit-learn
     python tools/benchmark.py model       # Swin-B 1dl inference: reference vs fused attention vs onnxruntime; fine-tuning step
     python tools/benchmark.py finetune    # one RbA fine-tuning step: frozen-in-eval vs the official code's style
+    python tools/benchmark.py pixel       # official PEBAL / RPL / DenseHybrid / RAML networks vs D2 DeepLabV3+ R101
     python tools/benchmark.py all         # every benchmark in turn
 
 Each sub-command lives in tools/benchmarks/<name>.py with ``add_arguments(parser)`` and
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Order of `all`.
-BENCHMARKS = ["msda", "model", "eval", "finetune"]
+BENCHMARKS = ["msda", "model", "eval", "finetune", "pixel"]
 
 
 def main(argv=None) -> None:

@@ -24,6 +24,19 @@ What counts as a legitimate partial load without asking:
 
 Everything else needs ``MODEL.ALLOW_PARTIAL_LOAD True`` (``allow_partial_load=True``), which
 restores Detectron2's behaviour: load what matches and log the rest.
+
+Checkpoints of the official code bases load as they were released:
+
+* containers: a dict with the weights under ``model`` (Detectron2, PEBAL, RPL, DenseHybrid's
+  training), ``state_dict`` (NVIDIA's WideResNet-38 checkpoints) or ``model_state`` (RAML /
+  VainF), a bare state dict (DenseHybrid's released weights), with optimizer state and
+  counters alongside (not loaded); numpy scalars among the counters are accepted;
+* keys: a model may declare ``adapt_checkpoint(state_dict, fill_new_modules) -> (state_dict,
+  notes)``, which renames an official layout to its own (wrapper prefixes such as ``module.`` or
+  ``branch1.`` removed, official module names moved under the model's parts) and, when
+  initialising for training, adds what a base checkpoint lacks; every change is logged with the
+  file name. Loading then stays strict: what still differs raises
+  :class:`CheckpointMismatchError` naming the file and the keys.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import pickle
 import zipfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import configurable
@@ -49,7 +63,26 @@ _MAX_LISTED_KEYS = 40
 
 # Prefixes of this plugin's earlier checkpoints -> where the module lives now (loaded renamed, with
 # a log line): DenseHybrid's head moved into the transformer decoder under RbA's key (0.3).
-RENAMED_PREFIXES = {"sem_seg_head.outlier_head.": "sem_seg_head.predictor.ood_pred."}
+# RPL's residual block took the official name (0.4).
+RENAMED_PREFIXES = {
+    "sem_seg_head.outlier_head.": "sem_seg_head.predictor.ood_pred.",
+    "ood_method.residual.": "ood_method.residual_block.",
+}
+
+# Entries official checkpoints keep their weights under (Detectron2 and PEBAL / RPL: "model";
+# NVIDIA's semantic-segmentation: "state_dict"; RAML / VainF's DeepLabV3+: "model_state").
+STATE_DICT_ENTRIES = ("model", "state_dict", "model_state")
+
+
+def _numpy_scalar_globals() -> List[Any]:
+    """What unpickling numpy scalars and dtypes needs (official checkpoints store e.g. the best
+    validation score as a numpy float next to the weights); nothing here runs code."""
+    scalar = getattr(getattr(np, "core", None), "multiarray", None)  # numpy 1.x
+    if scalar is None or not hasattr(scalar, "scalar"):
+        scalar = np._core.multiarray  # numpy 2
+    found = [scalar.scalar, np.dtype]
+    found += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
+    return found
 
 
 class CheckpointReadError(RuntimeError):
@@ -79,6 +112,36 @@ def _renamed(state: Dict[str, Any], source: Optional[str]) -> Dict[str, Any]:
     logger.info("%s: %d keys of an earlier layout renamed (%s)", source, len(moved),
                 ", ".join(f"{o}* -> {n}*" for o, n in RENAMED_PREFIXES.items()))
     return {moved.get(k, k): v for k, v in state.items()}
+
+
+def _tensors_only(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(torch.is_tensor(v) or isinstance(v, np.ndarray)
+                                                           for v in value.values())
+
+
+def _state_dict_of(loaded: Dict[str, Any], source: Optional[str]) -> Dict[str, Any]:
+    """``loaded`` with its weights under ``model``: a container whose ``model`` holds no tensor
+    but one of :data:`STATE_DICT_ENTRIES` is unwrapped (Detectron2 puts a file without a
+    ``model`` entry, e.g. ``{"state_dict": ...}``, under ``model`` as a whole). Other entries of
+    that container that are state dicts too (RAML keeps its metric head apart, ``metric_model``)
+    join it under their entry name (``metric_model.model.0.weight``); optimizer and scheduler
+    states and counters are not loaded."""
+    inner = loaded.get("model")
+    while isinstance(inner, dict) and not any(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in inner.values()):
+        entry = next((e for e in STATE_DICT_ENTRIES if isinstance(inner.get(e), dict)), None)
+        if entry is None:
+            break
+        extra = sorted(str(k) for k, v in inner.items() if k != entry and _tensors_only(v))
+        others = sorted(str(k) for k in inner if k != entry and str(k) not in extra)
+        logger.info("%s: weights read from its entry '%s'%s%s", source, entry,
+                    f", with the entries {', '.join(extra)} as <entry>.*" if extra else "",
+                    f" (not loaded: {', '.join(others)})" if others else "")
+        merged = dict(inner[entry])
+        for name in extra:
+            merged.update({f"{name}.{k}": v for k, v in inner[name].items()})
+        inner = merged
+    loaded["model"] = inner
+    return loaded
 
 
 def _listed(keys: Sequence[str]) -> str:
@@ -192,6 +255,15 @@ class SafeCheckpointer(DetectionCheckpointer):
         finally:
             self._loading = None
 
+    def _torch_load(self, f: str) -> Any:
+        try:
+            return super()._torch_load(f)
+        except pickle.UnpicklingError:
+            # torch.load reads only weights and plain containers; official checkpoints may also
+            # hold numpy scalars, which are data too. Anything else is still refused.
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                return super()._torch_load(f)
+
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
             loaded = super()._load_file(filename)
@@ -201,13 +273,26 @@ class SafeCheckpointer(DetectionCheckpointer):
                 f"cannot read checkpoint {filename}: it is truncated, corrupt or not a checkpoint "
                 f"({type(error).__name__}: {error})"
             ) from error
+        if isinstance(loaded, dict):
+            loaded = _state_dict_of(loaded, filename)
         if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-            raise CheckpointReadError(f"checkpoint {filename} holds no state dict under 'model'")
+            raise CheckpointReadError(
+                f"checkpoint {filename} holds no state dict (looked under {', '.join(STATE_DICT_ENTRIES)} "
+                "and at the top level)"
+            )
         return loaded
 
     def _load_model(self, checkpoint: Any) -> _IncompatibleKeys:
         backbone_only = bool(checkpoint.get("matching_heuristics", False))
         checkpoint["model"] = _renamed(checkpoint["model"], self._loading)
+        adapt = getattr(getattr(self.model, "module", self.model), "adapt_checkpoint", None)
+        if callable(adapt) and not backbone_only:
+            try:
+                checkpoint["model"], notes = adapt(checkpoint["model"], fill_new_modules=self.allow_new_modules)
+            except ValueError as error:
+                raise CheckpointMismatchError(f"checkpoint {self._loading}: {error}") from error
+            for note in notes:
+                logger.info("%s: %s", self._loading, note)
         incompatible = super()._load_model(checkpoint)
         refused = self._refused(incompatible, backbone_only)
         if refused is not None and not self.allow_partial_load:
@@ -230,7 +315,11 @@ class SafeCheckpointer(DetectionCheckpointer):
         """The (missing, unexpected, shape) differences no rule allows; None when there are none."""
         new = newly_initialized_prefixes(self.model) if self.allow_new_modules else ()
         missing = [] if backbone_only else [k for k in incompatible.missing_keys if not _under(k, new)]
-        unexpected = list(incompatible.unexpected_keys)
+        # A backbone-only checkpoint matched by names (an ImageNet classifier) keeps its classifier.
+        unexpected = [] if backbone_only else list(incompatible.unexpected_keys)
+        if backbone_only and incompatible.unexpected_keys:
+            logger.info("Not used (no place in the model): %d keys of %s, e.g. %s", len(incompatible.unexpected_keys),
+                        self._loading, ", ".join(incompatible.unexpected_keys[:3]))
         shapes = [s for s in incompatible.incorrect_shapes if not _under(s[0], new)]
         if missing or unexpected or shapes:
             return missing, unexpected, shapes

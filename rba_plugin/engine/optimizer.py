@@ -115,10 +115,10 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     name = solver.OPTIMIZER.upper()
     if name == "SGD":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": solver.MOMENTUM, "nesterov": solver.NESTEROV}
-    elif name == "ADAM":  # RPL's official optimizer
-        optimizer_cls, kwargs = torch.optim.Adam, {}
+    elif name == "ADAM":  # the official optimizer of PEBAL, RPL and DenseHybrid
+        optimizer_cls, kwargs = torch.optim.Adam, {"eps": solver.ADAM_EPS}
     elif name == "ADAMW":
-        optimizer_cls, kwargs = torch.optim.AdamW, {}
+        optimizer_cls, kwargs = torch.optim.AdamW, {"eps": solver.ADAM_EPS}
     else:
         raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer '{solver.OPTIMIZER}' (SGD, ADAM or ADAMW)")
     clip = solver.CLIP_GRADIENTS

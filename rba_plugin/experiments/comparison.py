@@ -92,6 +92,8 @@ DEFAULT_METHODS: Tuple[MethodEntry, ...] = (
     MethodEntry("pixel_rpl_corocl", "pixel", f"{_PIXEL}/rpl_corocl.yaml", parent="pixel_closed_set_maxlogit",
                 score="energy"),
     MethodEntry("pixel_pebal", "pixel", f"{_PIXEL}/pebal.yaml", parent="pixel_closed_set_maxlogit", score="energy"),
+    MethodEntry("pixel_densehybrid", "pixel", f"{_PIXEL}/densehybrid.yaml", parent="pixel_closed_set_maxlogit",
+                score="densehybrid_official"),
     MethodEntry("pixel_raml", "pixel", f"{_PIXEL}/raml.yaml", parent="pixel_closed_set_maxlogit", score="raml"),
     MethodEntry("pixel_vca", "pixel", f"{_PIXEL}/vca.yaml", parent="pixel_closed_set_maxlogit",
                 score="unknown_probability"),

@@ -115,8 +115,9 @@ class IncrementalFewShot:
         features = model.backbone(images.tensor)
         method, head = model.ood_method, model.sem_seg_head
         closed, feats = method.closed_set(head, head.decode(features))
-        meta = method.meta_channels(closed, head)[0, method.num_known :] > self.channel_thresh
-        logits = head.upsample(closed)
+        size = images.tensor.shape[-2:]
+        meta = method.meta_channels(closed, head, size)[0, method.num_known :] > self.channel_thresh
+        logits = head.upsample(closed, size)
         h, w = images.image_sizes[0]
         return logits[0, :, :h, :w], feats[0], meta[:, :h, :w]
 

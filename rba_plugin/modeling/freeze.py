@@ -26,13 +26,16 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def freeze_except(model: nn.Module, trainable: Iterable[str]) -> List[str]:
+def freeze_except(model: nn.Module, trainable: Iterable[str], follow_mode: Iterable[str] = ()) -> List[str]:
     """Freeze every parameter of ``model`` whose name is not under one of the ``trainable`` prefixes.
 
     A prefix names a submodule or parameter by its dotted path (``"sem_seg_head.predictor.class_embed"``).
     Submodules that hold no trainable parameter are put in eval mode and kept there; modules
     that contain both (e.g. the predictor, of which only the heads train) keep train mode, and
-    their frozen leaf children stay in eval.
+    their frozen leaf children stay in eval. Modules named in ``follow_mode`` keep following
+    ``train()`` / ``eval()`` themselves even without a trainable parameter (a module whose flag
+    selects *what* it computes, e.g. a per-pixel method's training outputs, whose trained part may
+    live in another module); their submodules are frozen as usual.
 
     Returns:
         The names of the parameters left trainable.
@@ -51,8 +54,9 @@ def freeze_except(model: nn.Module, trainable: Iterable[str]) -> List[str]:
         param.requires_grad_(keep)
         if keep:
             kept.append(name)
+    follow = set(follow_mode)
     for module_name, module in model.named_modules():
-        if module is model:
+        if module is model or module_name in follow:
             continue
         own = [f"{module_name}.{n}" for n, _ in module.named_parameters()]
         has_trainable = any(_matches(n, prefixes) for n in own)

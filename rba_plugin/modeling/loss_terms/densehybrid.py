@@ -17,7 +17,7 @@ from detectron2.config import configurable
 from ..ood.losses import densehybrid_loss
 from .base import LOSS_TERM_REGISTRY, LossTerm, PixelTargets, check_choice, register_term_alias
 
-__all__ = ["MaskFormerDenseHybridLoss"]
+__all__ = ["MaskFormerDenseHybridLoss", "DenseHybridLoss"]
 
 
 @register_term_alias
@@ -40,11 +40,12 @@ class MaskFormerDenseHybridLoss(LossTerm):
     inputs = ("class_scores", "outlier_logits")
     deep_supervision = False
     replaces_mask_losses = True
+    form_key = "MODEL.MASK_FORMER.DENSE_HYBRID_FORM"  # named in errors
 
     @configurable
     def __init__(self, *, beta1: float = 0.3, beta2: float = 0.03, weight: float = 1.0, form: str = "official"):
         super().__init__()
-        check_choice("MODEL.MASK_FORMER.DENSE_HYBRID_FORM", form, ("official", "paper"))
+        check_choice(self.form_key, form, ("official", "paper"))
         self.beta1 = beta1
         self.beta2 = beta2
         self.form = form
@@ -62,3 +63,22 @@ class MaskFormerDenseHybridLoss(LossTerm):
             outputs["class_scores"], outputs["outlier_logits"], targets.labels, beta1=self.beta1, beta2=self.beta2,
             form=self.form, ood_label=targets.ood_label, ignore_label=targets.ignore_label,
         )
+
+
+@LOSS_TERM_REGISTRY.register()
+class DenseHybridLoss(MaskFormerDenseHybridLoss):
+    """DenseHybrid's per-pixel objective (``MODEL.DENSE_HYBRID``), the same three outputs on the
+    per-pixel logits and the ``logits_ood`` head at the labels' size: ``loss_seg + beta * loss_ood
+    + 10 beta * loss_th`` of ``experiments/semseg_negatives_joint_th.py`` lines 113-129
+    (matejgrcic/DenseHybrid @ 742ceab): ``loss_dh_ce`` = loss_seg (mean CE over inliers; outliers
+    and void ignored), ``loss_dh_outlier`` = 10 beta x loss_th (the 2-way CE of ``logits_ood``
+    over every pixel, void counted as inlier), ``loss_dh_density`` = beta x loss_ood (mean over
+    outlier pixels of logsumexp(logits) minus the detached mean of every logit)."""
+
+    form_key = "MODEL.DENSE_HYBRID.FORM"
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        dh = cfg.MODEL.DENSE_HYBRID
+        beta1 = 10.0 * dh.BETA if dh.HEAD_WEIGHT is None else dh.HEAD_WEIGHT
+        return {"beta1": beta1, "beta2": dh.BETA, "weight": 1.0, "form": dh.FORM}

@@ -29,6 +29,7 @@ __all__ = [
     "get_score_function",
     "compute_ood_score",
     "densehybrid_score",
+    "densehybrid_official_score",
     "gaussian_smooth",
     "gaussian_kernel2d",
 ]
@@ -130,6 +131,23 @@ def densehybrid_score(class_scores: torch.Tensor, outlier_logits: torch.Tensor) 
     """
     log_p_outlier = F.log_softmax(outlier_logits, _CLASS_DIM).select(_CLASS_DIM, 1)
     return log_p_outlier - torch.logsumexp(class_scores, _CLASS_DIM)
+
+
+@register_score("densehybrid_official", inputs=("class_scores", "outlier_logits"))
+def densehybrid_official_score(class_scores: torch.Tensor, outlier_logits: torch.Tensor) -> torch.Tensor:
+    """DenseHybrid's score exactly as its test code computes it,
+    ``-logsumexp(logits, 1) + log(softmax(logits_ood, 1)[:, 1])`` with no epsilon
+    (``evaluations/evaluations.py`` ``THKLOODEvaluation.compute_ood_probs``, matejgrcic/DenseHybrid
+    @ 742ceab). The same quantity as ``densehybrid``, which takes ``log_softmax`` instead: they
+    agree to float rounding, but this one is ``-inf`` where the outlier probability underflows to 0
+    (a logit gap above ~100 in float32).
+
+    Args:
+        class_scores: (N x) C x H x W closed-set logits.
+        outlier_logits: (N x) 2 x H x W dataset-posterior logits; channel 1 is "outlier".
+    """
+    p_outlier = F.softmax(outlier_logits, _CLASS_DIM).select(_CLASS_DIM, 1)
+    return -torch.logsumexp(class_scores, _CLASS_DIM) + p_outlier.log()
 
 
 @register_score("unknown_probability", inputs=("open_set_logits",))

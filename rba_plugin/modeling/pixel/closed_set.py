@@ -16,6 +16,7 @@ class ClosedSet(PixelOODMethod):
     are void. Its anomaly score is a post-hoc function of the logits (default max-logit)."""
 
     training_outputs = ("logits",)
+    official_key_prefix = ""  # no modules of its own: a network's official checkpoint loads as a whole
 
     @configurable
     def __init__(self):
@@ -30,7 +31,7 @@ class ClosedSet(PixelOODMethod):
         return ["SemSegLoss"]
 
     def forward(self, head, features, dec_in, images, targets=None, extras=None):
-        logits = head.upsample(head.classify(dec_in))
+        logits = head.upsample(head.classify(dec_in), images.tensor.shape[-2:])
         if self.training:
             return {"logits": logits}
         return {"sem_seg": logits, "class_scores": logits}

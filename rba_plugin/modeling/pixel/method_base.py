@@ -101,13 +101,17 @@ class PixelOODMethod(nn.Module):
 
         Returns:
             training: the maps the loss terms read. Inference: ``"sem_seg"`` (N x C x H x W
-            logits at the padded input size), every name of ``score_inputs`` (N x K x H x W),
+            logits at the padded input size ``images.tensor.shape[-2:]``, which every map is
+            upsampled to with ``head.upsample(x, size)``), every name of ``score_inputs`` (N x K x H x W),
             and optional further N x H x W maps (e.g. VCA's boolean ``"unknown_mask"``).
         """
         raise NotImplementedError
 
-    def fill_missing_state(self, state_dict: dict, prefix: str, head_prefix: str) -> None:
-        """Hook called before loading a state dict; may add keys a base checkpoint lacks."""
+    def fill_missing_state(self, state_dict: dict, prefix: str, head_prefix: str) -> Optional[List[str]]:
+        """Hook called before loading a state dict; may add (or widen) entries a base checkpoint
+        lacks, in place. ``prefix`` / ``head_prefix``: where the method's and the head's keys
+        are. Returns notes on what it changed (for the loading log), or None."""
+        return None
 
 
 def build_pixel_ood_method(cfg, sem_seg_head: nn.Module) -> PixelOODMethod:

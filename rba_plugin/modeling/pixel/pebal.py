@@ -1,26 +1,27 @@
 """PEBAL (Pixel-wise Energy-biased Abstention Learning, Tian et al., ECCV 2022) on a per-pixel head.
 
-The closed-set head gets an abstention class (a (C+1)-th logit from a new 1x1 conv on the same
-decoder features, so a closed-set checkpoint loads unchanged); only the final classification
-block trains (the head's ``classification_block`` and the abstention row), as the official
-``final`` block. Loss (Eq. 2): PAL (Eq. 3, penalty a = (-E)^2) + lambda * energy hinge
-(Eqs. 6-7) + beta1 * smoothness + beta2 * sparsity (Eq. 8): the terms ``PEBALAbstention``,
+The closed-set head gets an abstention class, a (C+1)-th logit on the same decoder features
+(``MODEL.PEBAL.ABSTENTION``, :mod:`.pebal_abstention`: officially a 20th row of the head's last
+conv, ``final.6``; on Detectron2's DeepLabV3+ a separate 1x1 conv); only the final
+classification block trains (the head's ``classification_block`` and the abstention channel), as
+the official trainer (``code/engine/trainer.py`` lines 80-85: ``branch1.final``). Loss (Eq. 2):
+PAL (Eq. 3, penalty a = (-E)^2) + lambda * energy hinge (Eqs. 6-7) + beta1 * smoothness + beta2 *
+sparsity (Eq. 8): the terms ``PEBALAbstention``,
 ``PEBALEnergyHinge``, ``PEBALSmoothness``, ``PEBALSparsity`` of
 :mod:`rba_plugin.modeling.loss_terms.pebal`, config group ``MODEL.PEBAL``. Inference:
 ``sem_seg`` = the C inlier logits, default score their free energy (Eq. 4), smoothed 7x7.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
-import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import Conv2d
 from torch import Tensor, nn
 
 from ...config import register_config_group
 from ..ood.losses import inlier_energy
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
+from .pebal_abstention import build_abstention
 
 __all__ = ["PEBAL", "add_pebal_config"]
 
@@ -31,6 +32,10 @@ def add_pebal_config(cfg: CfgNode) -> None:
     cfg.MODEL.PEBAL = CfgNode()
     # "official": PEBAL's code (losses.py, trainer.py); "paper": Eqs. 2-8 (per-pixel means).
     cfg.MODEL.PEBAL.FORM = "official"
+    # The abstention channel's structure (PEBAL_ABSTENTION_REGISTRY): "PredictorRow" (official: one
+    # more row of the head's last conv, PEBAL's 20-output final.6) or "SeparateConv" (a 1x1 conv
+    # ood_method.abstain beside the head's predictor; a closed-set checkpoint loads unchanged).
+    cfg.MODEL.PEBAL.ABSTENTION = "PredictorRow"
     # Weight of PAL's outlier pixels; None = the form's: 0.1 (code), 1 (paper).
     cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT = None
     # lambda: official, the trainer's 0.1 on the whole energy loss (hinge and regularisers);
@@ -53,20 +58,25 @@ class PEBAL(PixelOODMethod):
     default_scores = ("energy",)
     training_outputs = ("logits", "energy")
     default_smoothing_kernel = 7
+    official_key_prefix = ""
 
     @configurable
-    def __init__(self, *, in_channels: int, num_classes: int, classification_block: List[str]):
+    def __init__(self, *, abstain: nn.Module, num_classes: int, classification_block: List[str]):
+        """
+        Args:
+            abstain: the abstention channel (:mod:`.pebal_abstention`).
+            num_classes: C, the known classes.
+            classification_block: segmentor-relative prefixes of the head's classification block.
+        """
         super().__init__()
-        self.abstain = Conv2d(in_channels, 1, kernel_size=1)
-        nn.init.kaiming_normal_(self.abstain.weight)  # as the official extra row
-        nn.init.zeros_(self.abstain.bias)
+        self.abstain = abstain
         self.num_classes = num_classes
         self.classification_block = list(classification_block)
 
     @classmethod
     def from_config(cls, cfg, sem_seg_head) -> Dict:
         return {
-            "in_channels": sem_seg_head.feature_channels,
+            "abstain": build_abstention(cfg, sem_seg_head),
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "classification_block": [f"sem_seg_head.{p}" for p in sem_seg_head.classification_block],
         }
@@ -76,15 +86,17 @@ class PEBAL(PixelOODMethod):
         return ["PEBALAbstention", "PEBALEnergyHinge", "PEBALSmoothness", "PEBALSparsity"]
 
     def trainable_prefixes(self) -> List[str]:
-        return self.classification_block + ["ood_method.abstain"]
+        return self.classification_block + self.abstain.trainable_prefixes("ood_method.abstain")
 
-    def logits(self, head, dec_in: Tensor) -> Tensor:
-        """N x (C+1) x H x W logits at the input size; the last channel abstains."""
-        feats = head.decoder_features(dec_in)
-        return head.upsample(torch.cat([head.predict(feats), self.abstain(feats)], dim=1))
+    def fill_missing_state(self, state_dict: dict, prefix: str, head_prefix: str) -> Optional[List[str]]:
+        return self.abstain.fill_missing_state(state_dict, prefix, head_prefix)
+
+    def logits(self, head, dec_in: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+        """N x (C+1) x H x W logits at the input size ``size``; the last channel abstains."""
+        return head.upsample(self.abstain.logits(head, head.decoder_features(dec_in)), size)
 
     def forward(self, head, features, dec_in, images, targets=None, extras=None) -> Dict[str, Tensor]:
-        logits = self.logits(head, dec_in)
+        logits = self.logits(head, dec_in, images.tensor.shape[-2:])
         if self.training:
             return {"logits": logits, "energy": inlier_energy(logits, self.num_classes)}
         inlier = logits[:, : self.num_classes]

@@ -13,7 +13,8 @@ Stages (``MODEL.RAML.STAGE``):
   metric head on an MCA-fine-tuned model for the few-shot stage.
 - ``"mca"``: fine-tunes the whole closed-set model with the MCA head (1x1 conv from the C
   closed-set logits to C + K channels, sigmoid, upsampling) and its losses (Eq. 6; official
-  ``CDiceLoss`` by default, ``MODEL.MCA.FORM paper`` for the equations as printed).
+  ``CDiceLoss`` by default, ``MODEL.MCA.FORM paper`` for the equations as printed). The conv is
+  the official head's ``conv3`` on RAML's network (``MODEL.MCA.CONV``, :mod:`.raml_mca`).
 
 The paper's URS / anomaly code was never released; this is a re-derivation from the paper.
 Config groups ``MODEL.RAML`` and ``MODEL.MCA``; loss terms in
@@ -21,11 +22,11 @@ Config groups ``MODEL.RAML`` and ``MODEL.MCA``; loss terms in
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import Conv2d
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -34,7 +35,10 @@ from ...config import register_config_group
 from ..loss_terms import check_choice
 from ..loss_terms.raml import compact_labels, known_class_ids, mca_num_meta, mca_options, raml_options
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
+from .raml_mca import build_mca_conv
 from .regions import grey_image, uncertainty_region_separation
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["RAML", "masked_average", "region_dropout", "dropblock_keep_mask", "dropblock_regions", "add_raml_config"]
 
@@ -75,6 +79,9 @@ def add_raml_config(cfg: CfgNode) -> None:
     # segmentation CE / batch size, 20 channels in all; "paper": Eqs. 6-9 (softmax, Dice with 2,
     # sums, known NLL, K = 4).
     cfg.MODEL.MCA.FORM = "official"
+    # The MCA conv's structure (RAML_MCA_CONV_REGISTRY): "HeadMetaConv" (official: the head's
+    # conv3, RAML's network) or "MethodConv" (ood_method.mca, on heads without one).
+    cfg.MODEL.MCA.CONV = "HeadMetaConv"
     # K meta channels; None: 20 - known classes (official: 20 MCA channels in all) or 4 (paper).
     cfg.MODEL.MCA.NUM_META = None
     cfg.MODEL.MCA.ACTIVATION = None  # "sigmoid" (official) | "softmax" (paper)
@@ -233,12 +240,22 @@ class RAML(PixelOODMethod):
         "connected components with scipy.ndimage on the host, and pools a data-dependent number of regions; "
         "a traced graph can hold neither"
     )
+    # The official stage-3 checkpoint (main_metric.py save_ckpt) keeps the metric head apart, as
+    # "metric_model": MetricModel.model (Linear 256 -> 128, ReLU, Linear 128 -> 128) and its
+    # bias-free classifier. The prototypes have no official counterpart (the official code
+    # computes class centres at test time).
+    official_key_prefix = {
+        "embed.fc1.": "metric_model.model.0.",
+        "embed.fc2.": "metric_model.model.2.",
+        "classifier.": "metric_model.classifier.",
+    }
 
     @configurable
     def __init__(
         self,
         *,
         stage: str,
+        mca: nn.Module,
         feature_dim: int,
         num_classes: int,
         embed_dims: Sequence[int],
@@ -271,7 +288,7 @@ class RAML(PixelOODMethod):
         self.embed = RegionEmbedding(feature_dim, embed_dims)
         # Official name (MetricModel.classifier): Linear(embedding -> known classes, no bias).
         self.classifier = nn.Linear(embed_dims[-1], len(self.known_ids), bias=False)
-        self.mca = Conv2d(num_classes, num_classes + num_meta, kernel_size=1)
+        self.mca = mca
         # MCA channels the losses and the incremental stage read: known classes, then meta.
         self.register_buffer(
             "mca_channels",
@@ -304,6 +321,7 @@ class RAML(PixelOODMethod):
         mca, metric = mca_options(cfg), raml_options(cfg)
         return {
             "stage": r.STAGE,
+            "mca": build_mca_conv(cfg, sem_seg_head),
             "feature_dim": sem_seg_head.feature_channels,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "known_ids": known_class_ids(cfg),
@@ -342,7 +360,7 @@ class RAML(PixelOODMethod):
         if self.stage == "anomaly":
             # The official metric stage optimises MetricModel: the MLP and the classifier.
             return ["ood_method.embed", "ood_method.classifier"]
-        return ["backbone", "sem_seg_head", "ood_method.mca"]
+        return ["backbone", "sem_seg_head"] + self.mca.trainable_prefixes("ood_method.mca")
 
     def lr_factors(self) -> Dict[str, float]:
         # The label predictor learns at 0.1 against 0.01 for the feature extractor (paper, C.1;
@@ -358,6 +376,13 @@ class RAML(PixelOODMethod):
         key = prefix + "classifier.weight"
         if key not in state_dict and any(k.startswith(prefix + "embed.") for k in state_dict):
             state_dict[key] = self.classifier.weight.detach().clone()
+        # The official metric head comes without prototypes: they start empty (P(R) = 1, so the
+        # raml score is max-logit until a training run of this stage fills them).
+        if prefix + "prototypes" not in state_dict and any(k.startswith(prefix + "embed.") for k in state_dict):
+            logger.warning("RAML: the checkpoint has a metric head but no known-class prototypes; they start empty "
+                           "(the raml score then equals max-logit)")
+            state_dict[prefix + "prototypes"] = torch.zeros_like(self.prototypes)
+            state_dict[prefix + "prototype_valid"] = torch.zeros_like(self.prototype_valid)
 
     # ----------------------------------------------------------------------------------------
     # shared pieces
@@ -369,17 +394,17 @@ class RAML(PixelOODMethod):
     def _activate(self, x: Tensor) -> Tensor:
         return x.softmax(dim=1) if self.mca_activation == "softmax" else x.sigmoid()
 
-    def meta_channels(self, closed_logits: Tensor, head: nn.Module) -> Tensor:
-        """MCA output C at the input size: N x (known + K) x H x W activations in [0, 1].
+    def meta_channels(self, closed_logits: Tensor, head: nn.Module, size: Optional[Sequence[int]] = None) -> Tensor:
+        """MCA output C at the input size ``size``: N x (known + K) x H x W activations in [0, 1].
 
         Official order (``network/utils.py:58-59, 194``): sigmoid at the decoder stride, then
         bilinear upsampling (align_corners False); ``activate_before_upsample`` False upsamples
         the pre-activations first.
         """
-        pre = self.mca(closed_logits).index_select(1, self.mca_channels)
+        pre = self.mca.pre(head, closed_logits).index_select(1, self.mca_channels)
         if self.activate_before_upsample:
-            return head.upsample(self._activate(pre))
-        return self._activate(head.upsample(pre))
+            return head.upsample(self._activate(pre), size)
+        return self._activate(head.upsample(pre, size))
 
     def embed_regions(self, features: Tensor, masks: Tensor) -> Tensor:
         """Region-aware embeddings (Eq. 3): D x h x w features, T x H x W masks -> T x E."""
@@ -404,7 +429,8 @@ class RAML(PixelOODMethod):
             return self._inference(head, dec_in, images)
         if self.stage == "mca":
             closed, _ = self.closed_set(head, dec_in)
-            return {"logits": head.upsample(closed), "meta_channels": self.meta_channels(closed, head),
+            size = images.tensor.shape[-2:]
+            return {"logits": head.upsample(closed, size), "meta_channels": self.meta_channels(closed, head, size),
                     "images": images.tensor}
         return self._region_outputs(head, dec_in, targets.labels)
 
@@ -457,7 +483,7 @@ class RAML(PixelOODMethod):
 
     def _inference(self, head, dec_in: Tensor, images: ImageList) -> Dict[str, Tensor]:
         closed, feats = self.closed_set(head, dec_in)
-        logits = head.upsample(closed)
+        logits = head.upsample(closed, images.tensor.shape[-2:])
         raw = self.raw_images(images)
         similarity = []
         for n in range(logits.shape[0]):

@@ -5,7 +5,10 @@ coarsest feature, reduced to 256 channels, upsampled to the decoder's finest str
 expanded to the decoder input's width) is added to the decoder input; the frozen classification
 block then gives the RPL logits. The whole segmentation network is frozen, so the closed-set
 prediction (the frozen path without the residual) is the base model's. A 1x1 projector on the
-upsampled 256-channel map gives CoroCL's pixel embeddings.
+upsampled 256-channel map gives CoroCL's pixel embeddings. The block's structure follows the
+network (``MODEL.RPL.RESIDUAL_BLOCK``, :mod:`.rpl_blocks`): the official ``ResidualAnomalyBlock``
+on WideResNet-38 (keys ``ood_method.residual_block.*`` = the official ``residual_block.*``), the
+``ResidualPatternBlock`` on Detectron2's DeepLabV3+.
 
 Config group ``MODEL.RPL``; loss terms ``RPLInlierLoss``, ``RPLPositiveEnergy`` and (with
 COROCL_WEIGHT > 0) ``CoroCLLoss``, in :mod:`rba_plugin.modeling.loss_terms.rpl`.
@@ -17,15 +20,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ASPP, Conv2d
 from detectron2.utils import comm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...config import register_config_group
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
+from .rpl_blocks import RPLResidualBlock, build_residual_block
 
-__all__ = ["ResidualPatternBlock", "RPL", "add_rpl_config", "downsample_labels", "every_process_has"]
+__all__ = ["RPL", "add_rpl_config", "downsample_labels", "every_process_has"]
 
 
 @register_config_group
@@ -38,6 +41,10 @@ def add_rpl_config(cfg: CfgNode) -> None:
     # exact entropies, CoroCL on every image with each pool sampled on its own.
     # README: "Losses: official code and papers".
     cfg.MODEL.RPL.FORM = "official"
+    # The residual block's structure (RPL_RESIDUAL_BLOCK_REGISTRY): "ResidualAnomalyBlock" (the
+    # official block of the WideResNet-38 DeepWV3Plus, official keys) or "ResidualPatternBlock"
+    # (on Detectron2's DeepLabV3+ head).
+    cfg.MODEL.RPL.RESIDUAL_BLOCK = "ResidualAnomalyBlock"
     cfg.MODEL.RPL.ENERGY_WEIGHT = 0.05  # alpha of Eq. 4
     cfg.MODEL.RPL.ENTROPY_T = 1.0  # t of the dis-similarity term of Eq. 5
     # Inlier targets of Eq. 5: "pseudo" = argmax of the frozen model (paper and code), "gt".
@@ -48,7 +55,7 @@ def add_rpl_config(cfg: CfgNode) -> None:
     cfg.MODEL.RPL.COROCL_WEIGHT = 1.0  # 0 disables CoroCL (plain RPL)
     cfg.MODEL.RPL.COROCL_TAU = 0.1
     cfg.MODEL.RPL.COROCL_MAX_VIEWS = 512  # pixels sampled per set
-    cfg.MODEL.RPL.EXPAND_LR_MULT = 10.0  # official code: 10x lr on the expand conv
+    cfg.MODEL.RPL.EXPAND_LR_MULT = 10.0  # official code: 10x lr on the expand conv (atten_aspp_final)
     cfg.MODEL.RPL.PROJ_DIM = 304  # projector output width (official: the decoder input width)
     # CoroCL's contrastive set also uses raw outlier-pool images (training input "outlier_image",
     # labelled by "outlier_sem_seg": OOD_LABEL on the object); the official code also uses the
@@ -71,47 +78,10 @@ def every_process_has(count: int, minimum: int, device) -> bool:
     return int(value.item()) >= minimum
 
 
-class ResidualPatternBlock(nn.Module):
-    """ASPP (in -> ``aspp_channels``) -> upsample -> 1x1 expand to ``out_channels``; plus projector."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        aspp_channels: int = 256,
-        aspp_dilations=(6, 12, 18),
-        norm: str = "BN",
-        pool_kernel_size=None,
-        proj_dim: int = 0,
-    ):
-        super().__init__()
-        self.aspp = ASPP(
-            in_channels, aspp_channels, list(aspp_dilations), norm=norm, activation=F.relu,
-            pool_kernel_size=pool_kernel_size, dropout=0.0,
-        )
-        self.expand = Conv2d(aspp_channels, out_channels, kernel_size=1, bias=False)
-        # Kaiming (as the official code), so the residual is non-zero at step 0.
-        nn.init.kaiming_normal_(self.expand.weight)
-        self.projector: Optional[nn.Module] = None
-        if proj_dim > 0:
-            self.projector = Conv2d(aspp_channels, proj_dim, kernel_size=1, bias=True)
-            nn.init.kaiming_normal_(self.projector.weight)
-            nn.init.zeros_(self.projector.bias)
-
-    def forward(self, x: Tensor, size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
-        """x: N x C_in x h x w -> (residual N x out x H x W, hidden N x aspp_channels x H x W)."""
-        hidden = F.interpolate(self.aspp(x), size=size, mode="bilinear", align_corners=False)
-        return self.expand(hidden), hidden
-
-    def embed(self, hidden: Tensor) -> Tensor:
-        """L2-normalised projector output, N x proj_dim x H x W."""
-        return F.normalize(self.projector(hidden), dim=1)
-
-
 @PIXEL_OOD_METHOD_REGISTRY.register()
 class RPL(PixelOODMethod):
-    """RPL + CoroCL. Trains only ``ood_method.residual``; everything else is frozen (eval mode).
+    """RPL + CoroCL. Trains only ``ood_method.residual_block``; everything else is frozen (eval
+    mode), as the official trainer (``rpl_corocl.code/engine/trainer.py`` lines 126-135).
 
     Outputs: training ``closed_set_logits`` and ``rpl_logits`` (N x C x H x W) and, with CoroCL,
     ``corocl_embeddings`` / ``corocl_labels`` at the decoder's stride and, when the batch holds
@@ -132,14 +102,15 @@ class RPL(PixelOODMethod):
     default_smoothing_kernel = 7
     training_outputs = ("closed_set_logits", "rpl_logits", "corocl_embeddings", "corocl_labels",
                         "corocl_outlier_embeddings", "corocl_outlier_labels")
+    # The official checkpoints keep the block as "residual_block" at the top level.
+    official_key_prefix = ""
 
     @configurable
     def __init__(
         self,
         *,
-        residual: ResidualPatternBlock,
+        residual_block: RPLResidualBlock,
         aspp_feature: str,
-        aspp_prefix: str,
         ood_label: int,
         ignore_label: int,
         corocl: bool = True,
@@ -150,11 +121,10 @@ class RPL(PixelOODMethod):
         super().__init__()
         if form not in ("official", "paper"):
             raise ValueError(f"MODEL.RPL.FORM must be one of ('official', 'paper'), got {form!r}")
-        if corocl and residual.projector is None:
+        if corocl and not residual_block.has_projector:
             raise ValueError("MODEL.RPL.COROCL_WEIGHT > 0 needs MODEL.RPL.PROJ_DIM > 0")
-        self.residual = residual
+        self.residual_block = residual_block
         self.aspp_feature = aspp_feature
-        self.aspp_prefix = aspp_prefix
         self.ood_label = ood_label
         self.ignore_label = ignore_label
         self.corocl = corocl
@@ -167,19 +137,9 @@ class RPL(PixelOODMethod):
     def from_config(cls, cfg, sem_seg_head) -> Dict:
         rpl = cfg.MODEL.RPL
         corocl = rpl.COROCL_WEIGHT > 0
-        residual = ResidualPatternBlock(
-            sem_seg_head.coarse_in_channels,
-            sem_seg_head.decoder_in_channels,
-            aspp_channels=cfg.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS,
-            aspp_dilations=cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS,
-            norm=cfg.MODEL.SEM_SEG_HEAD.NORM,
-            pool_kernel_size=sem_seg_head.aspp.pool_kernel_size,
-            proj_dim=rpl.PROJ_DIM if corocl else 0,
-        )
         return {
-            "residual": residual,
+            "residual_block": build_residual_block(cfg, sem_seg_head),
             "aspp_feature": sem_seg_head.coarse_feature,
-            "aspp_prefix": sem_seg_head.aspp_prefix,
             "ood_label": cfg.INPUT.OOD_LABEL,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "corocl": corocl,
@@ -196,22 +156,27 @@ class RPL(PixelOODMethod):
         return names
 
     def trainable_prefixes(self) -> List[str]:
-        return ["ood_method.residual"]
+        return ["ood_method.residual_block"]
 
     def lr_factors(self) -> Dict[str, float]:
-        return {"ood_method.residual.expand": self.expand_lr_factor}
+        return {f"ood_method.residual_block.{self.residual_block.expand_prefix}": self.expand_lr_factor}
 
-    def fill_missing_state(self, state_dict: dict, prefix: str, head_prefix: str) -> None:
-        # A closed-set checkpoint has no residual ASPP: start it as a copy of the trained ASPP
-        # (official code). Checkpoints of a trained RPL carry their own and are left alone.
+    def fill_missing_state(self, state_dict: dict, prefix: str, head_prefix: str) -> Optional[List[str]]:
+        # A closed-set checkpoint has no residual block: start its ASPP (and reduction) as copies
+        # of the trained head's (official code). Checkpoints of a trained RPL carry their own.
         if not self.init_from_head_aspp:
-            return
-        src = f"{head_prefix}{self.aspp_prefix}."
-        dst = f"{prefix}residual.aspp."
-        if any(k.startswith(dst) for k in state_dict):
-            return
-        for key in [k for k in state_dict if k.startswith(src)]:
-            state_dict[dst + key[len(src):]] = state_dict[key].clone()
+            return None
+        notes = []
+        for block_part, head_part in self.residual_block.head_copies().items():
+            src, dst = f"{head_prefix}{head_part}.", f"{prefix}residual_block.{block_part}."
+            if any(k.startswith(dst) for k in state_dict):
+                continue
+            copied = [k for k in state_dict if k.startswith(src)]
+            for key in copied:
+                state_dict[dst + key[len(src):]] = state_dict[key].clone()
+            if copied:
+                notes.append(f"RPL's residual block: {block_part} initialised as a copy of the head's {head_part}")
+        return notes
 
     def forward(self, head, features, dec_in, images, targets=None, extras=None) -> Dict[str, Tensor]:
         size = dec_in.shape[-2:]
@@ -220,16 +185,17 @@ class RPL(PixelOODMethod):
             # One pass over city and raw images: the residual's BatchNorm sees both (official).
             batch = dec_in.shape[0]
             both = torch.cat([features[self.aspp_feature], raw.features[self.aspp_feature]])
-            residual, hidden = self.residual(both, size)
+            residual, hidden = self.residual_block(both, size)
             residual, hidden, raw_hidden = residual[:batch], hidden[:batch], hidden[batch:]
         else:
-            residual, hidden = self.residual(features[self.aspp_feature], size)
+            residual, hidden = self.residual_block(features[self.aspp_feature], size)
         with torch.no_grad():
             base = head.classify(dec_in)
-        rpl_logits = head.upsample(head.classify(dec_in + residual))
+        image_size = images.tensor.shape[-2:]
+        rpl_logits = head.upsample(head.classify(dec_in + residual), image_size)
         if not self.training:
-            return {"sem_seg": head.upsample(base), "class_scores": rpl_logits}
-        outputs = {"closed_set_logits": head.upsample(base), "rpl_logits": rpl_logits}
+            return {"sem_seg": head.upsample(base, image_size), "class_scores": rpl_logits}
+        outputs = {"closed_set_logits": head.upsample(base, image_size), "rpl_logits": rpl_logits}
         if not self.corocl:
             return outputs
         if self.form == "official":
@@ -258,13 +224,13 @@ class RPL(PixelOODMethod):
         return raw
 
     def _official_corocl_outputs(self, hidden: Tensor, raw_hidden: Optional[Tensor], targets) -> Dict[str, Tensor]:
-        emb = self.residual.embed(hidden)
+        emb = self.residual_block.embed(hidden)
         labels = downsample_labels(targets.labels, emb.shape[-2:])
         if raw_hidden is None:
             return {"corocl_embeddings": emb, "corocl_labels": labels}
         # Only the images with outliers and the raw images at the same batch positions (trainer.py).
         has_outlier = (targets.labels == self.ood_label).flatten(1).any(1)
-        raw_emb = self.residual.embed(raw_hidden)
+        raw_emb = self.residual_block.embed(raw_hidden)
         raw_labels = downsample_labels(targets.extra["outlier_sem_seg"], raw_emb.shape[-2:])
         return {
             "corocl_embeddings": emb[has_outlier], "corocl_labels": labels[has_outlier],
@@ -272,7 +238,7 @@ class RPL(PixelOODMethod):
         }
 
     def _corocl_outputs(self, head, hidden: Tensor, targets, extras) -> Dict[str, Tensor]:
-        emb = self.residual.embed(hidden)
+        emb = self.residual_block.embed(hidden)
         labels = downsample_labels(targets.labels, emb.shape[-2:])
         outputs = {"corocl_embeddings": emb, "corocl_labels": labels}
         inlier = (labels != self.ood_label) & (labels != self.ignore_label)
@@ -281,8 +247,8 @@ class RPL(PixelOODMethod):
             # pass updates the residual's BatchNorm statistics.
             raw = extras["outlier_image"]
             size = raw.features[head.finest_feature].shape[-2:]
-            _, raw_hidden = self.residual(raw.features[self.aspp_feature], size)
-            raw_emb = self.residual.embed(raw_hidden)
+            _, raw_hidden = self.residual_block(raw.features[self.aspp_feature], size)
+            raw_emb = self.residual_block.embed(raw_hidden)
             outputs["corocl_outlier_embeddings"] = raw_emb
             outputs["corocl_outlier_labels"] = downsample_labels(targets.extra["outlier_sem_seg"], raw_emb.shape[-2:])
         return outputs

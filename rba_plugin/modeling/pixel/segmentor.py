@@ -17,6 +17,7 @@ from ...config import register_config_group
 from ..freeze import freeze_except, trainable_parameter_count
 from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
 from ..ood.scorer import AnomalyScorer
+from ..official_keys import OfficialKeyLayout
 from .heads import check_pixel_head
 from .method_base import ExtraImages, PixelOODMethod, build_pixel_ood_method
 
@@ -92,7 +93,9 @@ class PixelOODSegmentor(nn.Module):
         prefixes = ood_method.trainable_prefixes()
         self.trainable_prefixes = None if prefixes is None else list(prefixes) + list(extra_trainable)
         if self.trainable_prefixes is not None:
-            freeze_except(self, self.trainable_prefixes)
+            # The method's own flag selects its training outputs (PEBAL's official abstention row
+            # lives in the head, leaving the method without parameters): it follows train().
+            freeze_except(self, self.trainable_prefixes, follow_mode=("ood_method",))
             trainable, total = trainable_parameter_count(self)
             logger.info("%s trains %d of %d parameters: %s", type(ood_method).__name__, trainable, total,
                         ", ".join(self.trainable_prefixes))
@@ -145,6 +148,35 @@ class PixelOODSegmentor(nn.Module):
         # Lets a method initialise its new modules from a base checkpoint (RPL's ASPP copy).
         self.ood_method.fill_missing_state(state_dict, prefix + "ood_method.", prefix + "sem_seg_head.")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def official_key_layout(self) -> OfficialKeyLayout:
+        """Where the official checkpoints of this model's networks keep each of its keys (the
+        parts' ``official_key_prefix`` / ``official_key_wrappers``)."""
+        return OfficialKeyLayout.of({"backbone": self.backbone, "sem_seg_head": self.sem_seg_head,
+                                     "ood_method": self.ood_method})
+
+    def adapt_checkpoint(
+        self, state_dict: Dict[str, Tensor], fill_new_modules: bool = True
+    ) -> Tuple[Dict[str, Tensor], List[str]]:
+        """A checkpoint's state dict in this model's layout, before keys and shapes are compared
+        (called by :class:`rba_plugin.engine.SafeCheckpointer` for ``MODEL.WEIGHTS``).
+
+        Official checkpoints (PEBAL's ``branch1.*``, NVIDIA's ``module.*``, RAML's
+        ``classifier.*``, ...) are renamed by :meth:`official_key_layout`; with
+        ``fill_new_modules`` (initialising a model for training) the method may then add what a
+        base checkpoint lacks (``PixelOODMethod.fill_missing_state``: RPL's residual ASPP copied
+        from the head's, PEBAL's abstention row).
+
+        Returns:
+            (the state dict, notes on what changed, for the log).
+
+        Raises:
+            ValueError: if two checkpoint keys load into one key of the model.
+        """
+        state, notes = self.official_key_layout().apply(state_dict, self.state_dict().keys())
+        if fill_new_modules:
+            notes += self.ood_method.fill_missing_state(state, "ood_method.", "sem_seg_head.") or []
+        return state, notes
 
     def input_size_multiple(self) -> Tuple[int, int]:
         """(h, w) that padded inputs must be multiples of: DeepLab's ASPP pools over fixed windows

@@ -206,7 +206,7 @@ class VCA(PixelOODMethod):
             if self.projector is not None:
                 outputs["supcon_embeddings"] = F.normalize(self.projector(emb), dim=1)
             return outputs
-        logits = head.upsample(logits)
+        logits = head.upsample(logits, images.tensor.shape[-2:])
         known = logits[:, : self.num_classes]
         return {"sem_seg": known, "class_scores": known, "open_set_logits": logits,
                 "unknown_mask": logits.argmax(dim=1) == self.num_classes}

@@ -1,25 +1,8 @@
-"""Decoder heads of the per-pixel branch: the parts a per-pixel OOD method builds on.
-
-A head of this branch (``MODEL.SEM_SEG_HEAD.NAME``) runs in pieces, so that a method can tap or
-alter its inside (RPL adds a residual to the decoder input, PEBAL fine-tunes the classification
-block, RAML and VCA read the final features) without knowing which network it is:
-
-* ``decode(features) -> dec_in``: the input of the final classification block, N x
-  ``decoder_in_channels`` x h x w at the stride of the backbone feature ``finest_feature``;
-* ``decoder_features(dec_in) -> feats``: the classification block without its last 1x1 conv,
-  N x ``feature_channels`` x h x w;
-* ``predict(feats) -> logits`` and ``classify(dec_in) = predict(decoder_features(dec_in))``;
-* ``upsample(x)``: from the decoder's stride to the input's;
-* ``coarse_feature`` / ``coarse_in_channels`` / ``aspp`` / ``aspp_prefix``: the backbone feature
-  the ASPP reads, its channels, the ASPP module and its head-relative name;
-* ``classification_block``: the parameter prefixes (head-relative) of the classification block.
-
-:class:`PixelDeepLabV3PlusHead` is Detectron2's ``DeepLabV3PlusHead`` (same parameters and
-state-dict keys) with these pieces.
-"""
+"""Detectron2's DeepLabV3+ head run in the pieces of the per-pixel head protocol (see
+:mod:`rba_plugin.modeling.pixel.heads`)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
@@ -27,31 +10,20 @@ from detectron2.projects.deeplab import DeepLabV3PlusHead
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["PixelDeepLabV3PlusHead", "PIXEL_HEAD_METHODS", "check_pixel_head"]
-
-# What the per-pixel segmentor needs of its head.
-PIXEL_HEAD_METHODS = ("decode", "decoder_features", "predict", "classify", "upsample")
-
-
-def check_pixel_head(head: nn.Module) -> None:
-    """Raise a ValueError naming MODEL.SEM_SEG_HEAD.NAME when ``head`` lacks the per-pixel pieces."""
-    missing = [m for m in PIXEL_HEAD_METHODS if not callable(getattr(head, m, None))]
-    if missing:
-        raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.NAME={type(head).__name__!r} is not a head of the per-pixel branch (it lacks "
-            f"{', '.join(missing)}); use 'PixelDeepLabV3PlusHead' or another head with those pieces"
-        )
+__all__ = ["PixelDeepLabV3PlusHead"]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class PixelDeepLabV3PlusHead(DeepLabV3PlusHead):
-    """Detectron2's DeepLabV3+ head run in pieces (see the module docstring).
+    """Detectron2's DeepLabV3+ head run in pieces (see :mod:`rba_plugin.modeling.pixel.heads`).
 
     ``layers`` goes ASPP (coarsest feature) -> for each finer level: upsample, concatenate with
     the projected low-level feature, ``fuse_conv``; then the 1x1 ``predictor``. ``decode`` stops
     before the last (finest) ``fuse_conv``; the pieces reproduce ``layers`` exactly (same ops, same
     order), so ``classify(decode(x))`` is bit-identical to ``layers(x)``.
     """
+
+    predictor_prefix = "predictor"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -123,6 +95,11 @@ class PixelDeepLabV3PlusHead(DeepLabV3PlusHead):
     def classify(self, dec_in: Tensor) -> Tensor:
         return self.predict(self.decoder_features(dec_in))
 
-    def upsample(self, x: Tensor) -> Tensor:
-        """From the decoder's stride to the input's, as the head itself upsamples its logits."""
-        return F.interpolate(x, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+    def upsample(self, x: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+        """From the decoder's stride to the input's, as the head itself upsamples its logits
+        (bilinear, ``align_corners=False``, ``deeplab/semantic_seg.py``): by ``common_stride``.
+        ``size`` (the padded input's H x W) is that size for inputs padded to the backbone's
+        divisibility, and the scale factor gives the same numbers; otherwise it is the target."""
+        if size is None or tuple(size) == tuple(s * self.common_stride for s in x.shape[-2:]):
+            return F.interpolate(x, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
