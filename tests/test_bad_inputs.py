@@ -236,3 +236,204 @@ def test_bad_input_gives_a_clear_error(row, tmp_path):
         action()
     message = str(raised.value.args[0]) if isinstance(raised.value, KeyError) else str(raised.value)
     assert re.search(pattern, message, re.DOTALL), f"message does not match {pattern!r}:\n{message}"
+
+
+# ============================================================================ users' files
+# One reader for images and one for labels (rba_plugin.data.image_io) behind registration, both
+# training mappers, the evaluation loader and the demo. Every expected array below is decoded
+# here independently with PIL / numpy.
+
+
+def _independent_rgb(path: Path) -> np.ndarray:
+    """The upright 8-bit RGB of ``path`` computed here: EXIF rotation by hand, 16-bit samples / 257."""
+    with Image.open(path) as image:
+        orientation = image.getexif().get(0x0112, 1)
+        if image.mode.startswith("I"):
+            array = np.asarray(image).astype(np.float64)
+            rgb = np.repeat(np.rint(array * 255.0 / 65535.0).astype(np.uint8)[:, :, None], 3, axis=2)
+        else:
+            rgb = np.asarray(image.convert("RGB"))
+    # Orientation 6: the stored pixels are to be rotated 90 degrees clockwise to be upright.
+    return np.ascontiguousarray(np.rot90(rgb, k=-1)) if orientation == 6 else rgb
+
+
+def _odd_image(folder: Path, kind: str) -> Path:
+    """One image file of the kinds users feed (camera JPEGs with EXIF rotation, 16-bit PNGs, ...)."""
+    rng = np.random.default_rng(3)
+    path = folder / f"{kind}.png"
+    if kind == "gray16":  # a 16-bit gradient: saturated by convert("RGB"), mean 127.4 when scaled
+        Image.fromarray(np.tile(np.linspace(0, 65535, 48).astype(np.uint16), (20, 1))).save(path)
+    elif kind == "gray8":
+        Image.fromarray(rng.integers(0, 256, (20, 48), dtype=np.uint8)).save(path)
+    elif kind == "palette":
+        image = Image.fromarray(rng.integers(0, 4, (20, 48), dtype=np.uint8), mode="P")
+        image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 250, 170, 30] + [0] * 756)
+        image.save(path)
+    elif kind == "rgba":
+        Image.fromarray(rng.integers(0, 256, (20, 48, 4), dtype=np.uint8)).save(path)
+    elif kind == "exif_rotated_jpeg":
+        path = folder / "camera.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored landscape 20x48, shown portrait 48x20
+        Image.fromarray(rng.integers(0, 256, (20, 48, 3), dtype=np.uint8)).save(path, quality=95, exif=exif)
+    elif kind == "cmyk_jpeg":
+        path = folder / "print.jpg"
+        Image.fromarray(rng.integers(0, 256, (20, 48, 3), dtype=np.uint8)).convert("CMYK").save(path, quality=95)
+    return path
+
+
+ODD_IMAGES = ["gray16", "gray8", "palette", "rgba", "exif_rotated_jpeg", "cmyk_jpeg"]
+
+
+@pytest.mark.parametrize("kind", ODD_IMAGES)
+def test_every_path_reads_an_image_the_same_way(kind, tmp_path):
+    from rba_plugin.data.anomaly_datasets import list_anomaly_frames
+    from rba_plugin.data.dataset_mappers import (MaskFormerSemanticDatasetMapper, PixelSemanticOutlierMapper,
+                                                 build_test_mapper)
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    image_file = _odd_image(tmp_path / "images", kind)
+    expected = _independent_rgb(image_file)
+    h, w = expected.shape[:2]
+    Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / "labels" / f"{image_file.stem}_label.png")
+
+    # Registration records the size the reader returns (EXIF rotation included).
+    record = list_anomaly_frames("odd", tmp_path / "images", tmp_path / "labels", image_file.suffix, "_label.png",
+                                 {0: 0, 1: 1, 255: 255})[0]
+    assert (record["height"], record["width"]) == (h, w)
+    record["sem_seg_file_name"] = record["anomaly_label_file"]
+
+    # The demo's reader.
+    np.testing.assert_array_equal(read_rgb_image(str(image_file)), expected)
+    # The evaluation loader (no resize: MIN_SIZE_TEST 0), in RGB and BGR.
+    name = f"odd_{uuid.uuid4().hex[:8]}"
+    register_anomaly_dataset(name, tmp_path / "images", tmp_path / "labels", image_suffix=image_file.suffix,
+                             label_suffix="_label.png", label_map={0: 0, 1: 1, 255: 255})
+    for fmt, array in (("RGB", expected), ("BGR", expected[:, :, ::-1])):
+        cfg = get_cfg()
+        cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", "0", "INPUT.FORMAT", fmt, "DATALOADER.NUM_WORKERS", "0"])
+        mapped = next(iter(Trainer.build_test_loader(cfg, name)))[0]
+        np.testing.assert_array_equal(mapped["image"].permute(1, 2, 0).numpy(), array)
+        assert (mapped["height"], mapped["width"]) == (h, w)
+        np.testing.assert_array_equal(build_test_mapper(cfg)(record)["image"], mapped["image"])
+    # The training mappers of both branches (no augmentation).
+    common = dict(augmentations=[], image_format="RGB", ignore_label=255, num_classes=19)
+    for mapper in (MaskFormerSemanticDatasetMapper(size_divisibility=-1, **common), PixelSemanticOutlierMapper(**common)):
+        np.testing.assert_array_equal(mapper(record)["image"].permute(1, 2, 0).numpy(), expected)
+
+
+def test_sixteen_bit_image_is_scaled_not_saturated_in_evaluation(tmp_path):
+    # The issue's example: the evaluation loader (Detectron2's read_image) saturated a 16-bit
+    # gradient to two values (mean 253.8), the demo scaled it (mean 127.4).
+    from detectron2.data.detection_utils import read_image as detectron2_read_image
+
+    from rba_plugin.data.dataset_mappers import build_test_mapper
+
+    path = _odd_image(tmp_path, "gray16")
+    samples = np.linspace(0, 65535, 48).astype(np.uint16)
+    expected_mean = float(np.rint(samples / 257.0).mean())  # 0..255 in 48 even steps: 127.5
+    assert len(np.unique(detectron2_read_image(str(path), "RGB"))) == 2  # the saturation this fixes
+    cfg = get_cfg()
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", "0"])
+    image = build_test_mapper(cfg)({"file_name": str(path)})["image"]
+    assert float(image.double().mean()) == pytest.approx(expected_mean, abs=1e-9)
+    assert len(torch.unique(image)) == 48
+    assert float(read_rgb_image(str(path)).mean()) == pytest.approx(expected_mean, abs=1e-9)
+
+
+def _palette_label(path: Path, indices: np.ndarray, palette=(0, 0, 0, 128, 0, 0)) -> None:
+    """A "P"-mode PNG holding ``indices`` (what labelme and VOC tools save; VOC colours by default)."""
+    label = Image.fromarray(indices.astype(np.uint8), mode="P")
+    label.putpalette(list(palette) + [0] * (768 - len(palette)))
+    label.save(path)
+
+
+@pytest.mark.parametrize("palette", [(0, 0, 0, 128, 0, 0), (0, 0, 0, 255, 255, 255), (255, 255, 255, 0, 0, 0)],
+                         ids=["voc_colours", "white_anomaly", "inverted"])
+def test_palette_anomaly_label_is_read_as_indices(palette, tmp_path):
+    # The issue's example: a perfect detector scored AP = NaN (every anomaly pixel read as the
+    # colour 0 = in-distribution); other palettes gave "values outside the mapping" or void pixels.
+    from rba_plugin.evaluation import OODEvaluator
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    indices = []
+    for i in range(3):
+        label = np.zeros((16, 24), np.uint8)
+        label[4 + i: 9 + i, 5: 12 + i] = 1
+        indices.append(label)
+        _palette_label(tmp_path / "labels" / f"f{i}_label.png", label, palette)
+        Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(tmp_path / "images" / f"f{i}.png")
+    name = _register(tmp_path / "images", tmp_path / "labels")
+    records = DatasetCatalog.get(name)
+    for record, label in zip(records, indices):
+        np.testing.assert_array_equal(load_anomaly_label(record), label)
+    evaluator = OODEvaluator(name, distributed=False, write_curves=False, component_sizes=(1, 1))
+    evaluator.reset()
+    for record, label in zip(records, indices):
+        evaluator.process([record], [{"ood_score": torch.as_tensor(label, dtype=torch.float32)}])
+    results = evaluator.evaluate()[name]
+    assert results["AP"] == pytest.approx(100.0) and results["FPR95"] == pytest.approx(0.0)
+
+    # Training reads the same file as the same indices.
+    record = dict(records[0], sem_seg_file_name=records[0]["anomaly_label_file"])
+    mapped = _plain_semantic_mapper()(record)
+    np.testing.assert_array_equal(mapped["sem_seg"].numpy(), indices[0])
+
+
+def _plain_semantic_mapper():
+    from rba_plugin.data.dataset_mappers import MaskFormerSemanticDatasetMapper
+
+    return MaskFormerSemanticDatasetMapper(augmentations=[], image_format="RGB", ignore_label=255,
+                                           size_divisibility=-1, num_classes=19)
+
+
+@pytest.mark.parametrize("kind", ["gray16", "gray_as_rgb", "la", "one_bit", "palette_with_transparency"])
+def test_label_formats_give_their_indices(kind, tmp_path):
+    from rba_plugin.data.image_io import read_label
+
+    rng = np.random.default_rng(1)
+    indices = rng.choice(np.array([0, 1, 255], np.uint8), size=(10, 14))
+    path = tmp_path / "label.png"
+    if kind == "gray16":  # 16-bit label maps (some tools save every label this way)
+        Image.fromarray(indices.astype(np.uint16)).save(path)
+    elif kind == "gray_as_rgb":
+        Image.fromarray(np.repeat(indices[:, :, None], 3, axis=2)).save(path)
+    elif kind == "la":
+        Image.fromarray(np.stack([indices, np.full_like(indices, 255)], axis=2), mode="LA").save(path)
+    elif kind == "one_bit":
+        indices = (indices == 1).astype(np.uint8)
+        Image.fromarray(indices.astype(bool)).save(path)
+    else:  # index 0 transparent (a tRNS chunk), as drawing tools save masks over photos
+        label = Image.fromarray(indices, mode="P")
+        label.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+        label.save(path, transparency=0)
+    label = read_label(path)
+    assert label.shape == indices.shape
+    np.testing.assert_array_equal(label, indices)
+    assert label.dtype == (np.uint16 if kind == "gray16" else np.uint8)
+    # The training mapper agrees (labels are read once, the same way).
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(image)
+    mapped = _plain_semantic_mapper()({"file_name": str(image), "sem_seg_file_name": str(path)})
+    np.testing.assert_array_equal(mapped["sem_seg"].numpy(), indices)
+
+
+def test_colour_label_is_refused_naming_the_file(tmp_path):
+    from rba_plugin.data.image_io import read_label
+
+    path = tmp_path / "colour_label.png"
+    colours = np.zeros((6, 8, 3), np.uint8)
+    colours[2:4, 2:5] = (128, 64, 128)  # Cityscapes' road colour: a colour-coded label, not indices
+    Image.fromarray(colours).save(path)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r".*colour .* not colours"):
+        read_label(path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(colours).save(tmp_path / "labels" / "f0_label.png")
+    Image.fromarray(colours).save(tmp_path / "images" / "f0.png")
+    record = DatasetCatalog.get(_register(tmp_path / "images", tmp_path / "labels"))[0]
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "labels" / "f0_label.png"))):
+        load_anomaly_label(record)

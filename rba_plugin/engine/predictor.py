@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 
 from ..config import set_anomaly_scores
 from ..data.anomaly_datasets import CITYSCAPES_STUFF_COLORS
+from ..data.dataset_mappers import build_test_augmentations
 from .checkpoint import SafeCheckpointer
 
 __all__ = ["AnomalyPredictor", "palette_of"]
@@ -52,7 +53,8 @@ class AnomalyPredictor:
         self.model = build_model(self.cfg).eval()
         self.score_name = self.model.scorer.names[0]
         SafeCheckpointer(self.cfg, self.model, allow_new_modules=False).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        # The evaluation loader's resize (rba_plugin.data.dataset_mappers.build_test_augmentations).
+        self.augmentations = T.AugmentationList(build_test_augmentations(cfg))
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT: the demo supports 'RGB' and 'BGR', got {cfg.INPUT.FORMAT!r}")
         self.input_format = cfg.INPUT.FORMAT
@@ -66,7 +68,9 @@ class AnomalyPredictor:
             raise ValueError(f"{file_name or 'image'}: expected H x W x 3 uint8 RGB, got {image_rgb.dtype} {image_rgb.shape}")
         height, width = image_rgb.shape[:2]
         image = image_rgb if self.input_format == "RGB" else image_rgb[:, :, ::-1]
-        image = self.resize.get_transform(image).apply_image(image)
+        aug_input = T.AugInput(np.ascontiguousarray(image))
+        self.augmentations(aug_input)
+        image = aug_input.image
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         inputs = {"image": tensor, "height": height, "width": width}
         if file_name:

@@ -10,7 +10,7 @@ import weakref
 from typing import Optional
 
 import torch
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
@@ -18,7 +18,8 @@ from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_s
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.dataset_mappers import build_train_mapper
+from ..data.dataset_mappers import build_test_mapper, build_train_mapper
+from ..data.image_io import read_label
 from .checkpoint import SafeCheckpointer
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_optimizer
@@ -32,14 +33,16 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     """The evaluator named by the dataset's metadata ``evaluator_type``:
 
     * "sem_seg" and "cityscapes_sem_seg" (detectron2's Cityscapes trainId sets): mIoU with
-      detectron2's ``SemSegEvaluator`` (the Cityscapes scripts are not needed);
+      detectron2's ``SemSegEvaluator`` (the Cityscapes scripts are not needed), reading labels
+      with the plugin's label reader (indices, as training reads them);
     * "ood": ``rba_plugin.evaluation.OODEvaluator`` (anomaly metrics).
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type in ("sem_seg", "cityscapes_sem_seg"):
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                               sem_seg_loading_fn=read_label_array)
     if evaluator_type == "ood":
         from ..evaluation import OODEvaluator  # imported lazily: only OOD datasets need it
 
@@ -49,6 +52,13 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
         f"no evaluator for dataset '{dataset_name}' with evaluator_type '{evaluator_type}' "
         "(supported: sem_seg, cityscapes_sem_seg, ood)"
     )
+
+
+def read_label_array(path: str, copy: bool = False, dtype=None):
+    """``SemSegEvaluator``'s ``sem_seg_loading_fn``: :func:`rba_plugin.data.image_io.read_label`
+    (Detectron2's default reads the file with whatever mode it has)."""
+    label = read_label(path)
+    return label if dtype is None else label.astype(dtype)
 
 
 # Keys that change training but that nothing here acts on (Detectron2's test-time augmentation):
@@ -111,6 +121,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # The plugin's test mapper: images read as training and tools/demo.py read them.
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg, extra_inputs=()):
