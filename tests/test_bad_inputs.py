@@ -4,6 +4,8 @@ Every row builds its bad input under tmp_path and returns (action, expected exce
 message must match); the regex names the file, key or value at fault. Rows whose input is odd but
 legitimate (grayscale / RGBA images for the demo) expect a conversion, not an error.
 """
+import importlib.util
+import pickle
 import re
 import uuid
 from pathlib import Path
@@ -437,3 +439,123 @@ def test_colour_label_is_refused_naming_the_file(tmp_path):
     record = DatasetCatalog.get(_register(tmp_path / "images", tmp_path / "labels"))[0]
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "labels" / "f0_label.png"))):
         load_anomaly_label(record)
+
+
+# ============================================================================ users' checkpoints
+
+
+def _backbone_only_pkl(tmp_path: Path, cfg) -> Tuple[Path, torch.nn.Module]:
+    """An ImageNet-style backbone .pkl of ``cfg``'s model in Detectron2's model-zoo format (loaded
+    by name-matching heuristics, as R-50.pkl or Mask2Former's converted Swin weights)."""
+    torch.manual_seed(5)
+    source = build_model(cfg)
+    weights = {k[len("backbone."):]: v.numpy() for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    path = tmp_path / "R-18-imagenet.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": weights, "__author__": "torchvision", "matching_heuristics": True}, f)
+    return path, source
+
+
+def _train_net():
+    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "tools" / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _demo_tool():
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backbone_only_checkpoint_is_refused_by_evaluation_and_demo(tmp_path):
+    # The issue's example: --eval-only and tools/demo.py ran with 88 random head tensors.
+    from detectron2.engine import default_argument_parser
+
+    cfg = _m2f_cfg()
+    pkl, source = _backbone_only_pkl(tmp_path, cfg)
+    heads = [k for k in source.state_dict() if not k.startswith("backbone.") and "num_batches_tracked" not in k]
+    assert len(heads) > 50
+    expected = (re.escape(str(pkl)) + r" does not match the model:\s+missing in the checkpoint \(" + str(len(heads))
+                + r"\).*sem_seg_head.*backbone-only checkpoint")
+
+    args = default_argument_parser().parse_args([
+        "--config-file", str(M2F_CONFIG), "--eval-only", "MODEL.WEIGHTS", str(pkl), "OUTPUT_DIR", str(tmp_path / "eval")])
+    with pytest.raises(CheckpointMismatchError, match=f"(?s){expected}"):
+        _train_net().main(args)
+    assert not (tmp_path / "eval" / "inference").exists()
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(image)
+    with pytest.raises(CheckpointMismatchError, match=f"(?s){expected}"):
+        _demo_tool().main(["--config-file", str(M2F_CONFIG), "--input", str(image), "--output", str(tmp_path / "demo"),
+                           "--opts", "MODEL.WEIGHTS", str(pkl)])
+    assert not (tmp_path / "demo").exists()
+
+    # Training initialises from it (the heads start untrained, by design).
+    model = build_model(cfg)
+    SafeCheckpointer(cfg, model).resume_or_load(str(pkl), resume=False)
+    for key, value in source.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_backbone_only_checkpoint_is_refused_for_the_per_pixel_branch(tmp_path):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(PIXEL_CONFIG))
+    pkl, source = _backbone_only_pkl(tmp_path, cfg)
+    # fvcore does not report BatchNorm's num_batches_tracked counters as missing.
+    heads = len([k for k in source.state_dict() if not k.startswith("backbone.") and "num_batches_tracked" not in k])
+    with pytest.raises(CheckpointMismatchError,
+                       match=f"(?s){re.escape(str(pkl))}.*missing in the checkpoint \\({heads}\\).*sem_seg_head.decoder"):
+        SafeCheckpointer(cfg, build_model(cfg), allow_new_modules=False).load(str(pkl))
+    SafeCheckpointer(cfg, build_model(cfg)).load(str(pkl))  # training: accepted
+
+
+def _checkpoint_file(tmp_path: Path, kind: str) -> Path:
+    """A checkpoint file of a kind users pass by mistake; returns its path."""
+    state = torch.nn.Linear(2, 2).state_dict()
+    path = tmp_path / ("weights.pkl" if kind.startswith("pkl") else "weights.pyth" if kind == "pyth" else "weights.pth")
+    if kind == "legacy_truncated":  # torch's pre-1.6 (non-zip) serialisation, cut short
+        torch.save({"model": state}, path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:150])
+    elif kind == "whole_model":
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif kind == "lightning_layout":  # PyTorch Lightning / mmsegmentation: weights under 'state_dict'
+        torch.save({"state_dict": state, "epoch": 3}, path)
+    elif kind == "empty_state_dict":
+        torch.save({"model": {}}, path)
+    elif kind == "pkl_list":
+        with open(path, "wb") as f:
+            pickle.dump([np.zeros(3)], f)
+    elif kind == "pkl_whole_model":
+        with open(path, "wb") as f:
+            pickle.dump(torch.nn.Linear(2, 2), f)
+    elif kind == "pyth":  # pycls format without its 'model_state'
+        torch.save({"weights": state}, path)
+    elif kind == "folder":
+        path = tmp_path / "run_output"
+        path.mkdir()
+    return path
+
+
+CHECKPOINT_CASES = {
+    "legacy_truncated": r"cannot read checkpoint {}: it is truncated, corrupt or not a checkpoint",
+    "whole_model": r"cannot read checkpoint {}: it holds Python objects .* torch.save\(model\)",
+    "lightning_layout": r"checkpoint {}: 2 entries of its state dict are not tensors: 'state_dict' \(OrderedDict\), 'epoch' "
+                        r"\(int\); the weights may be nested under 'state_dict'",
+    "empty_state_dict": r"checkpoint {} holds no weights",
+    "pkl_list": r"checkpoint {}: it holds a list, not a dict of weights",
+    "pkl_whole_model": r"checkpoint {}: it holds a whole Linear model",
+    "pyth": r"cannot read checkpoint {}: .*model_state",
+    "folder": r"checkpoint {} is a folder",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHECKPOINT_CASES))
+def test_checkpoint_errors_name_the_file_and_the_problem(kind, tmp_path):
+    path = _checkpoint_file(tmp_path, kind)
+    with pytest.raises(CheckpointReadError, match=CHECKPOINT_CASES[kind].format(re.escape(str(path)))):
+        SafeCheckpointer(torch.nn.Linear(2, 2), allow_new_modules=False).load(str(path))
