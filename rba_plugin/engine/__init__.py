@@ -5,7 +5,7 @@ from .checkpoint import CheckpointMismatchError, CheckpointReadError, SafeCheckp
 from .evaluation import evaluate_with_progress
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, NonFiniteLossError, check_finite_losses
 from .optimizer import build_optimizer, optimizer_param_groups
-from .trainer import Trainer, build_evaluator, unsupported_training_options
+from .trainer import Trainer, build_evaluator
 
 __all__ = [
     "setup",
@@ -14,7 +14,6 @@ __all__ = [
     "optimizer_param_groups",
     "Trainer",
     "build_evaluator",
-    "unsupported_training_options",
     "SafeCheckpointer",
     "CheckpointReadError",
     "CheckpointMismatchError",

@@ -18,13 +18,14 @@ from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_s
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..config import check_config
 from ..data.dataset_mappers import build_test_mapper, build_train_mapper
 from ..data.image_io import read_label
 from .checkpoint import SafeCheckpointer
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "build_evaluator", "unsupported_training_options"]
+__all__ = ["Trainer", "build_evaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +62,6 @@ def read_label_array(path: str, copy: bool = False, dtype=None):
     return label if dtype is None else label.astype(dtype)
 
 
-# Keys that change training but that nothing here acts on (Detectron2's test-time augmentation):
-# training with them set must not silently ignore them. Model-specific keys of the same kind are
-# refused by the model that does not act on them.
-_NOT_YET_ACTED_ON = {
-    "TEST.AUG.ENABLED": False,
-}
-
-
-def unsupported_training_options(cfg) -> list:
-    """Names of the keys in ``_NOT_YET_ACTED_ON`` that ``cfg`` sets away from their inert value."""
-    found = []
-    for key, inert in _NOT_YET_ACTED_ON.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if node != inert:
-            found.append(key)
-    return found
-
-
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the plugin's optimizer, poly LR, training mappers and evaluators.
 
@@ -91,9 +72,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        unsupported = unsupported_training_options(cfg)
-        if unsupported:
-            raise NotImplementedError(f"config options not implemented for training yet: {', '.join(unsupported)}")
+        check_config(cfg)  # every declared key (TEST.AUG.ENABLED, list lengths, enums), before any data is read
         # DefaultTrainer.__init__ with the two CPU adjustments above.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):

@@ -13,6 +13,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from ...config import check_config
 from ..criterion import build_set_criterion
 from ..freeze import freeze_except, trainable_parameter_count
 from ..ood.scorer import AnomalyScorer
@@ -135,6 +136,7 @@ class MaskFormer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_config(cfg)  # declared rules of every key: enums, list lengths, TEST.AUG.ENABLED
         mf = cfg.MODEL.MASK_FORMER
         if mf.TEST.INSTANCE_ON or mf.TEST.PANOPTIC_ON or not mf.TEST.SEMANTIC_ON:
             raise ValueError(

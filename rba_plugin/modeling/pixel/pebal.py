@@ -18,7 +18,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d
 from torch import Tensor, nn
 
-from ...config import register_config_group
+from ...config import declare_key, register_config_group
 from ..ood.losses import inlier_energy
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
 
@@ -49,6 +49,11 @@ def add_pebal_config(cfg: CfgNode) -> None:
     cfg.MODEL.PEBAL.SPARSITY_ON = "all"  # paper: every pixel; code: "outlier"
     # "sum" over pixels (paper and code); "mean" makes the regularisers resolution-independent.
     cfg.MODEL.PEBAL.REG_REDUCTION = "sum"
+    declare_key("MODEL.PEBAL.PAL_OUTLIER_CLASSES", choices=("all", "inlier"))
+    declare_key("MODEL.PEBAL.SMOOTH_NORM", choices=("l1", "l2"))
+    declare_key("MODEL.PEBAL.SPARSITY_NORM", choices=("l1", "l2"))
+    declare_key("MODEL.PEBAL.SPARSITY_ON", choices=("all", "outlier"))
+    declare_key("MODEL.PEBAL.REG_REDUCTION", choices=("sum", "mean"))
 
 
 @PIXEL_OOD_METHOD_REGISTRY.register()

@@ -20,7 +20,7 @@ from detectron2.layers import ASPP, Conv2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...config import register_config_group
+from ...config import declare_key, register_config_group
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
 
 __all__ = ["ResidualPatternBlock", "RPL", "add_rpl_config", "downsample_labels"]
@@ -34,6 +34,7 @@ def add_rpl_config(cfg: CfgNode) -> None:
     cfg.MODEL.RPL.ENTROPY_T = 1.0  # t of the dis-similarity term of Eq. 5
     # Inlier targets of Eq. 5: "pseudo" = argmax of the frozen model (paper and code), "gt".
     cfg.MODEL.RPL.INLIER_TARGET = "pseudo"
+    declare_key("MODEL.RPL.INLIER_TARGET", choices=("pseudo", "gt"))
     # Initialise the residual ASPP from the head's trained ASPP when a checkpoint lacks it
     # (official code); False keeps the fresh initialisation.
     cfg.MODEL.RPL.INIT_FROM_HEAD_ASPP = True

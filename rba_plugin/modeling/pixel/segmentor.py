@@ -13,7 +13,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from ...config import register_config_group
+from ...config import check_config, declare_key, register_config_group
 from ..freeze import freeze_except, trainable_parameter_count
 from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
 from ..ood.scorer import AnomalyScorer
@@ -38,6 +38,11 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     # Train ids treated as void in training (RAML's incremental settings hold classes out:
     # "16+1" = [13], "16+3" = [13, 14, 15]); ids are not compacted.
     cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES = []
+    declare_key("MODEL.PIXEL_OOD.SIZE_DIVISIBILITY", check=lambda v, cfg: (
+        None if v == -1 or v >= 1 else "must be -1 (the backbone's own) or a positive multiple"))
+    declare_key("MODEL.PIXEL_OOD.HELD_OUT_CLASSES", check=lambda v, cfg: (
+        None if all(0 <= c < cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES for c in v)
+        else f"every class must be a train id in 0..{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1}"))
 
 
 @META_ARCH_REGISTRY.register()
@@ -99,6 +104,7 @@ class PixelOODSegmentor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_config(cfg)  # declared rules of every key: enums, list lengths, TEST.AUG.ENABLED
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
         check_pixel_head(sem_seg_head)
