@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from PIL import Image
 
@@ -670,3 +671,82 @@ def test_keys_kept_for_compatibility_warn_when_set(caplog):
     finally:
         logger.removeHandler(caplog.handler)
     assert "not acted on: MODEL.MVIT.DEPTH = 12, SOLVER.USE_WANDB = True" in caplog.text
+
+
+# ============================================================================ non-finite values in training
+
+
+def _training_cfg(tmp_path: Path, config: Path, *opts) -> object:
+    from .m2f_scenes import register_scenes
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(config))
+    cfg.merge_from_list([
+        "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", "()", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+        "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.CROP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "5", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
+        "DATASETS.TRAIN", f"('{register_scenes(tmp_path / 'scenes', count=2, height=64, width=128)}',)", *opts,
+    ])
+    return cfg
+
+
+class WeightTurnsNaN(HookBase):
+    """After iteration ``at``, one weight of the model is NaN (a run that diverges mid-way)."""
+
+    def __init__(self, parameter_name: str, at: int):
+        self.parameter_name, self.at = parameter_name, at
+
+    def after_step(self) -> None:
+        if self.trainer.iter == self.at:
+            model = getattr(self.trainer.model, "module", self.trainer.model)
+            with torch.no_grad():
+                dict(model.named_parameters())[self.parameter_name].view(-1)[0] = float("nan")
+
+
+def _train_until_error(cfg, hooks=()):
+    from rba_plugin.engine import NonFiniteLossError
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.register_hooks(list(hooks))
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer.train()
+    return str(error.value)
+
+
+def test_non_finite_activations_stop_training_before_matching(tmp_path):
+    # The issue's example kind: activations turned non-finite before the loss (there through
+    # MODEL.PIXEL_STD 0, now refused when the config is checked) died inside scipy's Hungarian
+    # solver ("matrix contains invalid numeric entries"). A std that is positive but tiny
+    # (a denormal float32) overflows the normalised image to infinity in the same way.
+    cfg = _training_cfg(tmp_path, M2F_CONFIG, "MODEL.PIXEL_STD", "[1e-39, 1e-39, 1e-39]")
+    message = _train_until_error(cfg)
+    queries, outputs = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES + 1
+    masks = queries * (64 // 4) * (128 // 4)  # one 64x128 scene, masks at stride 4
+    # Every value that depends on the image is NaN; the first (query-only) class prediction is not.
+    expected = (f"non-finite model output at iteration 0 (process 0): non-finite training outputs of Mask2Former, "
+                f"before any loss or matching: pred_logits ({queries * outputs} NaN and 0 infinite of "
+                f"{queries * outputs} values), pred_masks ({masks} NaN and 0 infinite of {masks} values), "
+                f"aux_outputs[0].pred_masks ({masks} NaN and 0 infinite of {masks} values).")
+    assert message.startswith(expected), message
+    assert "invalid numeric entries" not in message
+
+
+def test_weights_turning_nan_mid_run_name_the_iteration_and_outputs(tmp_path):
+    cfg = _training_cfg(tmp_path, M2F_CONFIG)
+    message = _train_until_error(cfg, [WeightTurnsNaN("sem_seg_head.predictor.class_embed.weight", at=1)])
+    # One NaN weight of the class head (class 0's row): class 0's logit of every query, in every
+    # prediction, is NaN; the masks are untouched. The step that made it NaN is iteration 1, the
+    # first forward pass that sees it iteration 2.
+    queries, outputs = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES + 1
+    counts = f"({queries} NaN and 0 infinite of {queries * outputs} values)"
+    assert message.startswith(
+        f"non-finite model output at iteration 2 (process 0): non-finite training outputs of Mask2Former, before "
+        f"any loss or matching: pred_logits {counts}, aux_outputs[0].pred_logits {counts}."), message
+
+
+def test_per_pixel_branch_names_its_non_finite_outputs(tmp_path):
+    cfg = _training_cfg(tmp_path, PIXEL_CONFIG, "INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "512")
+    message = _train_until_error(cfg, [WeightTurnsNaN("backbone.stem.conv1.weight", at=0)])
+    assert re.search(r"non-finite model output at iteration 1 \(process 0\): non-finite training outputs of the "
+                     r"per-pixel method ClosedSet, before any loss or matching: logits \(\d+ NaN", message), message

@@ -14,6 +14,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ...config import check_config
+from ...utils.finite import check_finite_outputs
 from ..criterion import build_set_criterion
 from ..freeze import freeze_except, trainable_parameter_count
 from ..ood.scorer import AnomalyScorer
@@ -195,6 +196,8 @@ class MaskFormer(nn.Module):
         features = self.backbone(images.tensor)
         outputs = self.sem_seg_head(features)
         if self.training:
+            # NaN / inf predictions would reach scipy's Hungarian solver ("invalid numeric entries").
+            check_finite_outputs(outputs, "Mask2Former")
             targets = self.prepare_targets(batched_inputs, images)
             losses = self.criterion(outputs, targets)
             # Unweighted terms without a weight (none today) are dropped, as in Mask2Former.

@@ -14,6 +14,7 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 
 from ...config import check_config, declare_key, register_config_group
+from ...utils.finite import check_finite_outputs
 from ..freeze import freeze_except, trainable_parameter_count
 from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
 from ..ood.scorer import AnomalyScorer
@@ -231,6 +232,7 @@ class PixelOODSegmentor(nn.Module):
             targets = self.targets(batched_inputs)
             extras = self._extra_images(batched_inputs)
             outputs = self.ood_method(self.sem_seg_head, features, dec_in, images, targets=targets, extras=extras)
+            check_finite_outputs(outputs, f"the per-pixel method {type(self.ood_method).__name__}")
             losses = {}
             for term in self.loss_terms:
                 losses.update({k: v * term.weights.get(k, 1.0) for k, v in term(outputs, targets).items()})
