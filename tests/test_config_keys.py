@@ -126,3 +126,13 @@ def test_every_shipped_config_passes_the_rules(config):
     cfg = get_cfg()
     cfg.merge_from_file(config)
     check_config(cfg)
+    # ... and sets no key that nothing acts on (that would be a warning on every run).
+    defaults, accepted = get_cfg(), compatibility_keys()
+    inert = [k for k in _flat_keys(cfg) if _compatible(k, accepted) and _value(cfg, k) != _value(defaults, k)]
+    assert not inert, inert
+
+
+def _value(cfg: CfgNode, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
