@@ -750,3 +750,63 @@ def test_per_pixel_branch_names_its_non_finite_outputs(tmp_path):
     message = _train_until_error(cfg, [WeightTurnsNaN("backbone.stem.conv1.weight", at=0)])
     assert re.search(r"non-finite model output at iteration 1 \(process 0\): non-finite training outputs of the "
                      r"per-pixel method ClosedSet, before any loss or matching: logits \(\d+ NaN", message), message
+
+
+# ============================================================================ batches of users' images
+
+
+def _random_inputs(sizes, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8), "height": h, "width": w}
+            for h, w in sizes]
+
+
+def _batched_minus_single(model, inputs):
+    """max |batched - alone| over each image's sem_seg and ood_score, and the batched outputs."""
+    with torch.no_grad():
+        alone = [model([x])[0] for x in inputs]
+        batched = model(inputs)
+    worst = 0.0
+    for a, b in zip(alone, batched):
+        for key in ("sem_seg", "ood_score"):
+            assert a[key].shape == b[key].shape
+            worst = max(worst, float((a[key] - b[key]).abs().max()))
+    return worst, batched
+
+
+@pytest.mark.parametrize("sizes", [
+    [(64, 96), (64, 192)],                        # the issue's example: a wider batch-mate
+    [(64, 96), (64, 192), (96, 64), (64, 96)],    # wider and taller batch-mates, a same-size one
+    [(60, 90), (64, 96), (40, 200)],              # two that pad to the same size, one that does not
+], ids=["wider", "mixed", "same_padded_size"])
+def test_mask2former_batched_inference_equals_single_images(sizes):
+    cfg = get_cfg()
+    cfg.merge_from_file(str(M2F_CONFIG))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    worst, _ = _batched_minus_single(model, _random_inputs(sizes))
+    assert worst <= 1e-4  # was up to 6.7 on an RbA score range of 8.2 (padding seen by attention)
+
+
+def test_per_pixel_batched_inference_equals_single_images():
+    cfg = get_cfg()
+    cfg.merge_from_file(str(PIXEL_CONFIG))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    worst, _ = _batched_minus_single(model, _random_inputs([(256, 256), (256, 512), (512, 256)]))
+    assert worst <= 1e-4  # was 0.04 on a score range of 0.1 (padding seen by the convolutions and pooling)
+
+
+def test_a_batch_of_one_padded_size_runs_as_one_batch(monkeypatch):
+    # Same-size batches (every loader of the plugin) are computed exactly as before: one forward
+    # pass over the whole batch; mixed sizes make one pass per padded size.
+    cfg = get_cfg()
+    cfg.merge_from_file(str(M2F_CONFIG))
+    model = build_model(cfg).eval()
+    seen = []
+    forward = model._forward
+    monkeypatch.setattr(model, "_forward", lambda inputs: seen.append([tuple(x["image"].shape[1:]) for x in inputs]) or forward(inputs))
+    with torch.no_grad():
+        model(_random_inputs([(64, 96), (60, 90)]))
+        model(_random_inputs([(64, 96), (64, 192), (60, 90)]))
+    assert seen == [[(64, 96), (60, 90)], [(64, 96), (60, 90)], [(64, 192)]]

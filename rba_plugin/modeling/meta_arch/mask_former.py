@@ -15,6 +15,7 @@ from torch import nn
 
 from ...config import check_config
 from ...utils.finite import check_finite_outputs
+from ..batching import forward_by_padded_size
 from ..criterion import build_set_criterion
 from ..freeze import freeze_except, trainable_parameter_count
 from ..ood.scorer import AnomalyScorer
@@ -92,7 +93,9 @@ class MaskFormer(nn.Module):
     Inference output: per image {"sem_seg": C x height x width, "ood_score": height x width} and,
     when several scores are configured, "ood_scores": {name: height x width}. The scores
     (``MODEL.OOD.SCORES``) read the named outputs ``class_scores`` (= "sem_seg", L) and, with
-    the DenseHybrid head, ``outlier_logits``.
+    the DenseHybrid head, ``outlier_logits``. Inputs of a batch that pad to different sizes are
+    run as separate batches (:mod:`rba_plugin.modeling.batching`), so an image's outputs do not
+    depend on its batch-mates.
 
     ``trainable_prefixes`` (RbA's MODEL.FREEZE_* keys) freezes every other parameter, with the
     frozen modules kept in eval mode (:func:`rba_plugin.modeling.freeze.freeze_except`).
@@ -192,6 +195,13 @@ class MaskFormer(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            # Images that pad to different sizes run as separate batches: the padding is not
+            # masked, so a wider batch-mate would change an image's prediction (batching.py).
+            return forward_by_padded_size(self._forward, batched_inputs, self.size_divisibility)
+        return self._forward(batched_inputs)
+
+    def _forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_images(batched_inputs)
         features = self.backbone(images.tensor)
         outputs = self.sem_seg_head(features)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ...config import check_config, declare_key, register_config_group
 from ...utils.finite import check_finite_outputs
+from ..batching import forward_by_padded_size
 from ..freeze import freeze_except, trainable_parameter_count
 from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
 from ..ood.scorer import AnomalyScorer
@@ -56,7 +57,9 @@ class PixelOODSegmentor(nn.Module):
     void, ``INPUT.OOD_LABEL`` on pasted outliers) and the method's ``extra_inputs``. Inference:
     one dict per image with ``"sem_seg"`` (C x H x W logits at the original size), ``"ood_score"``
     (H x W, higher = more anomalous; ``MODEL.OOD.SCORES`` or the method's default), with several
-    scores ``"ood_scores"``, plus method-specific maps (e.g. VCA's ``"unknown_mask"``).
+    scores ``"ood_scores"``, plus method-specific maps (e.g. VCA's ``"unknown_mask"``). Inputs of
+    a batch that pad to different sizes are run as separate batches, so an image's outputs do not
+    depend on its batch-mates (:mod:`rba_plugin.modeling.batching`).
 
     Parts the method does not train are frozen with :func:`freeze_except` (no gradient, eval mode).
     """
@@ -224,6 +227,14 @@ class PixelOODSegmentor(nn.Module):
         return extras
 
     def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            # Images that pad to different sizes run as separate batches: convolutions and the
+            # ASPP's image pooling see the padding, so a larger batch-mate would change an image's
+            # prediction (rba_plugin.modeling.batching).
+            return forward_by_padded_size(self._forward, batched_inputs, self.size_divisibility)
+        return self._forward(batched_inputs)
+
+    def _forward(self, batched_inputs: List[dict]):
         images = self.preprocess_image(batched_inputs)
         self._check_input_size(images, batched_inputs)
         features = self.backbone(images.tensor)
