@@ -99,8 +99,8 @@ class RPL(PixelOODMethod):
     Outputs: training ``closed_set_logits`` and ``rpl_logits`` (N x C x H x W) and, with CoroCL,
     ``corocl_embeddings`` / ``corocl_labels`` at the decoder's stride and, when the batch holds
     both inlier and outlier pixels there, ``corocl_outlier_embeddings`` / ``corocl_outlier_labels``
-    of the raw outlier images (extra input ``outlier_image``; with a fixed ASPP pooling window its
-    size must be the crop's, as the official code centre-crops / pads it to the city crop).
+    of the raw outlier images (extra input ``outlier_image``, centre-cropped / padded to the city
+    crop as the official code does).
     Inference: ``sem_seg`` = the closed-set logits, ``class_scores`` = the RPL logits (default
     score: their energy, smoothed 7x7, as the official test code).
     """

@@ -6,7 +6,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ASPP
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
@@ -156,32 +155,6 @@ class PixelOODSegmentor(nn.Module):
         self.ood_method.fill_missing_state(state_dict, prefix + "ood_method.", prefix + "sem_seg_head.")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def input_size_multiple(self) -> Tuple[int, int]:
-        """(h, w) that padded inputs must be multiples of: DeepLab's ASPP pools over fixed windows
-        (the training crop at the coarsest stride), so its input must tile them; (1, 1) otherwise."""
-        stride = max(shape.stride for shape in self.backbone.output_shape().values())
-        multiple = (1, 1)
-        for module in self.sem_seg_head.modules():
-            if isinstance(module, ASPP) and module.pool_kernel_size is not None:
-                multiple = tuple(int(k) * stride for k in module.pool_kernel_size)
-        return multiple
-
-    def _check_input_size(self, images: ImageList, batched_inputs: List[dict]) -> None:
-        # Without this, a small image fails deep in ASPP with a message naming neither file nor size.
-        mh, mw = self.input_size_multiple()
-        height, width = images.tensor.shape[-2:]
-        if height % mh == 0 and width % mw == 0:
-            return
-        h, w = images.image_sizes[0]
-        name = batched_inputs[0].get("file_name", "the input image")
-        problem = (f"smaller than the model's minimum input size {mh}x{mw}" if height < mh or width < mw
-                   else f"not a multiple of {mh}x{mw}")
-        raise ValueError(
-            f"{name}: image of {h}x{w} (HxW; {height}x{width} after padding the batch) is {problem}: the ASPP "
-            f"of this model pools over windows of the training crop (INPUT.CROP.SIZE), so inputs must tile "
-            f"them. Resize the images (INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST) to such a size."
-        )
-
     def preprocess_image(self, batched_inputs: List[dict], key: str = "image") -> ImageList:
         """Normalise and pad the images under ``key`` to a multiple of ``size_divisibility``."""
         images = [(x[key].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
@@ -236,7 +209,6 @@ class PixelOODSegmentor(nn.Module):
 
     def _forward(self, batched_inputs: List[dict]):
         images = self.preprocess_image(batched_inputs)
-        self._check_input_size(images, batched_inputs)
         features = self.backbone(images.tensor)
         dec_in = self.sem_seg_head.decode(features)
         if self.training:
