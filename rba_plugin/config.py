@@ -148,6 +148,7 @@ def check_config(cfg: CfgNode, prefix: str = "") -> None:
     Raises:
         ValueError: listing every refused key as ``KEY = value: what it must be``.
     """
+    defaults = _flat(get_cfg())  # also runs every group, so every rule is declared
     problems = []
     for key, rule in sorted(_KEY_RULES.items()):
         if not key.startswith(prefix):
@@ -159,10 +160,11 @@ def check_config(cfg: CfgNode, prefix: str = "") -> None:
                 problems.append(f"{key} = {value!r}: {problem}")
     if problems:
         raise ValueError("invalid config value" + ("s" if len(problems) > 1 else "") + ":\n  " + "\n  ".join(problems))
-    defaults = _flat(get_cfg())
+    def inert_key(key: str) -> bool:
+        return any(key == c or (c.endswith(".") and key.startswith(c)) for c in _COMPATIBILITY_KEYS)
+
     inert = [f"{key} = {value!r}" for key, value in _flat(cfg).items()
-             if key.startswith(prefix) and any(key == c or (c.endswith(".") and key.startswith(c)) for c in _COMPATIBILITY_KEYS)
-             and key in defaults and value != defaults[key]]
+             if key.startswith(prefix) and inert_key(key) and key in defaults and value != defaults[key]]
     if inert:
         logger.warning("Config keys accepted for compatibility are not acted on: %s", ", ".join(inert))
 
@@ -360,13 +362,15 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
     # Score the loss is applied to: none / nls / energy / softmax_entropy / sum_entropy.
     cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET = "none"
-    declare_key("MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET", choices=("none", "nls", "energy", "softmax_entropy", "sum_entropy"))
+    declare_key("MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET",
+                choices=("none", "nls", "energy", "softmax_entropy", "sum_entropy"))
     # Per-class squashing of L before "nls": none / sigmoid / tanh (tanh + nls = RbA).
     cfg.MODEL.MASK_FORMER.SCORE_NORM = "none"
     declare_key("MODEL.MASK_FORMER.SCORE_NORM", choices=("none", "sigmoid", "tanh"))
     # squared_hinge / binary_cross_entropy / mse / l1 / kl (RbA first sets "max", then this).
     cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_FUNC = "squared_hinge"
-    declare_key("MODEL.MASK_FORMER.OUTLIER_LOSS_FUNC", choices=("squared_hinge", "binary_cross_entropy", "mse", "l1", "kl", "max"))
+    declare_key("MODEL.MASK_FORMER.OUTLIER_LOSS_FUNC",
+                choices=("squared_hinge", "binary_cross_entropy", "mse", "l1", "kl", "max"))
     cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0

@@ -796,7 +796,11 @@ def test_a_batch_of_one_padded_size_runs_as_one_batch(monkeypatch):
     model = build_model(cfg).eval()
     seen = []
     forward = model._forward
-    monkeypatch.setattr(model, "_forward", lambda inputs: seen.append([tuple(x["image"].shape[1:]) for x in inputs]) or forward(inputs))
+    def recording_forward(inputs):
+        seen.append([tuple(x["image"].shape[1:]) for x in inputs])
+        return forward(inputs)
+
+    monkeypatch.setattr(model, "_forward", recording_forward)
     with torch.no_grad():
         model(_random_inputs([(64, 96), (60, 90)]))
         model(_random_inputs([(64, 96), (64, 192), (60, 90)]))
