@@ -3,6 +3,11 @@
 Every row builds its bad input under tmp_path and returns (action, expected exception, regex the
 message must match); the regex names the file, key or value at fault. Rows whose input is odd but
 legitimate (grayscale / RGBA images for the demo) expect a conversion, not an error.
+
+Then the inputs real users bring, each kind with the right value: their image and label files
+(one reader everywhere), checkpoints (covering the model for evaluation, named when unreadable),
+config values (named at build time), non-finite values in training (stopped before any loss),
+batches of mixed sizes (outputs as for single images) and image sizes (any, in both branches).
 """
 import importlib.util
 import logging
