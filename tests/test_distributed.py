@@ -128,16 +128,17 @@ def test_outlier_proxy_subset_is_the_same_on_every_rank(tmp_path):
 
 
 def test_launched_workers_leave_their_process_group_after_a_normal_return(tmp_path):
-    # Detectron2's workers exit with the group alive, and its threads' teardown at exit sometimes
-    # aborts a finished worker ("terminate called without an active exception"): the flaky
-    # multi-process tests. rba_plugin.engine.launch's workers destroy it after main_func returned.
+    # Detectron2's workers exit with the group alive, and the teardown of its threads at exit
+    # sometimes aborts a finished worker ("terminate called without an active exception"): the
+    # flaky multi-process tests. rba_plugin.engine.launch's workers destroy it after main_func
+    # returned (and then exit directly: test_launched_workers_exit_cleanly).
     import torch.distributed as dist
 
     from rba_plugin.engine.launch import _run_then_leave_group
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
-        assert _run_then_leave_group(lambda x: x + 1, 41) == 42
+        assert _run_then_leave_group(lambda x: x + 1, 41, exit_process=False) == 42
         assert not dist.is_initialized()
         dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous2'}", rank=0, world_size=1)
 
@@ -145,8 +146,31 @@ def test_launched_workers_leave_their_process_group_after_a_normal_return(tmp_pa
             raise RuntimeError("worker failed")
 
         with pytest.raises(RuntimeError, match="worker failed"):  # no barrier: the others may be gone
-            _run_then_leave_group(fails)
+            _run_then_leave_group(fails, exit_process=False)
         assert dist.is_initialized()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _exit_status_worker(out_dir):
+    import atexit
+
+    from detectron2.utils import comm
+
+    rank = comm.get_rank()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write("done")
+    # An exit handler of the worker still runs (finalizers, logging), before the direct exit.
+    atexit.register(lambda: open(os.path.join(out_dir, f"atexit{rank}.txt"), "w").close())
+
+
+@pytest.mark.slow
+def test_launched_workers_exit_cleanly(tmp_path):
+    # Two workers, several launches back to back: every worker runs its exit handlers and exits
+    # with status 0 (launch raises otherwise).
+    for attempt in range(3):
+        out = tmp_path / str(attempt)
+        out.mkdir()
+        launch(_exit_status_worker, 2, dist_url=f"file://{out / 'rendezvous'}", args=(str(out),))
+        assert sorted(p.name for p in out.glob("*.txt")) == ["atexit0.txt", "atexit1.txt", "rank0.txt", "rank1.txt"]
