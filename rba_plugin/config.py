@@ -5,11 +5,22 @@ and RbA, so the official config files merge unchanged. Each ``add_*_config`` add
 component with keys of its own (a per-pixel method, a loss term) adds its group from its own
 module with :func:`register_config_group`, and :func:`get_cfg` applies every registered group.
 :func:`load_config` is the one way every tool reads a config file plus ``KEY VALUE`` overrides.
+
+Values are validated declaratively, next to the keys: :func:`declare_key` states what a key
+accepts (its choices, the lengths of a list, a check of its own), and :func:`check_config`, which
+every meta-architecture, the OOD evaluator and :func:`load_config` call, refuses a config with an
+error naming each bad key and value. Keys merged only so that other code bases' configs load
+(RbA's dumps) are declared with :func:`accept_for_compatibility`; setting one away from its
+default logs a warning, since nothing acts on it. ``tests/test_config_keys.py`` checks that every
+key of the plugin is read somewhere or declared so.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.config import CfgNode as CN
@@ -20,6 +31,11 @@ __all__ = [
     "get_cfg",
     "load_config",
     "register_config_group",
+    "declare_key",
+    "accept_for_compatibility",
+    "check_config",
+    "key_rules",
+    "compatibility_keys",
     "set_anomaly_scores",
     "add_maskformer2_config",
     "add_rba_config",
@@ -28,8 +44,187 @@ __all__ = [
     "add_checkpoint_config",
 ]
 
+logger = logging.getLogger(__name__)
+
 # Config groups of components, added by get_cfg() after the plugin's own groups.
 _CONFIG_GROUPS: List[Callable[[CfgNode], None]] = []
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """What a config value may be (see :func:`declare_key`)."""
+
+    choices: Optional[Tuple[Any, ...]] = None
+    lengths: Optional[Tuple[int, ...]] = None
+    meaning: str = ""
+    check: Optional[Callable[[Any, CfgNode], Optional[str]]] = None
+    ignore_case: bool = False
+
+    def problem(self, value: Any, cfg: CfgNode) -> Optional[str]:
+        """Why ``value`` is refused, or None."""
+        if self.choices is not None:
+            accepted = [str(c).upper() for c in self.choices] if self.ignore_case else list(self.choices)
+            if (str(value).upper() if self.ignore_case else value) not in accepted:
+                return f"must be one of {', '.join(repr(c) for c in self.choices)}"
+        if self.lengths is not None:
+            if not isinstance(value, (list, tuple)):
+                return f"must be a list of {' or '.join(map(str, self.lengths))} values"
+            if len(value) not in self.lengths:
+                counts = " or ".join(map(str, self.lengths))
+                return f"must hold {counts} values{f' ({self.meaning})' if self.meaning else ''}, got {len(value)}"
+        return self.check(value, cfg) if self.check is not None else None
+
+
+_KEY_RULES: Dict[str, KeyRule] = {}
+_COMPATIBILITY_KEYS: Dict[str, str] = {}
+
+
+def declare_key(
+    key: str,
+    *,
+    choices: Optional[Sequence[Any]] = None,
+    lengths: Optional[Sequence[int]] = None,
+    meaning: str = "",
+    check: Optional[Callable[[Any, CfgNode], Optional[str]]] = None,
+    ignore_case: bool = False,
+) -> None:
+    """Declares what the config key ``key`` accepts; :func:`check_config` enforces it.
+
+    Args:
+        choices: the accepted values of an enum-valued key (compared case-insensitively with
+            ``ignore_case``).
+        lengths: the accepted lengths of a list-valued key; ``meaning`` says what its items are.
+        check: ``check(value, cfg) -> None or the problem`` for anything else (ranges, keys that
+            depend on each other).
+
+    Declaring a key again replaces its rule (group functions run in every :func:`get_cfg`).
+    """
+    _KEY_RULES[key] = KeyRule(tuple(choices) if choices is not None else None,
+                              tuple(lengths) if lengths is not None else None, meaning, check, ignore_case)
+
+
+def accept_for_compatibility(*keys: str, reason: str) -> None:
+    """Declares ``keys`` as merged for other code bases' configs but not acted on (``reason``);
+    a key ending with "." stands for its whole group."""
+    for key in keys:
+        _COMPATIBILITY_KEYS[key] = reason
+
+
+def key_rules() -> Dict[str, KeyRule]:
+    """Every declared rule by key (those of every registered group: they declare when they run)."""
+    get_cfg()
+    return dict(_KEY_RULES)
+
+
+def compatibility_keys() -> Dict[str, str]:
+    """Keys (or groups, ending with ".") accepted for compatibility, with the reason."""
+    get_cfg()
+    return dict(_COMPATIBILITY_KEYS)
+
+
+def _lookup(cfg: CfgNode, key: str) -> Tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _flat(cfg: CfgNode, prefix: str = "") -> Dict[str, Any]:
+    items: Dict[str, Any] = {}
+    for name, value in cfg.items():
+        if isinstance(value, CfgNode):
+            items.update(_flat(value, f"{prefix}{name}."))
+        else:
+            items[f"{prefix}{name}"] = value
+    return items
+
+
+def check_config(cfg: CfgNode, prefix: str = "") -> None:
+    """Checks every declared key under ``prefix`` (all when empty) and logs a warning for each key
+    accepted only for compatibility that ``cfg`` sets away from its default.
+
+    Raises:
+        ValueError: listing every refused key as ``KEY = value: what it must be``.
+    """
+    defaults = _flat(get_cfg())  # also runs every group, so every rule is declared
+    problems = []
+    for key, rule in sorted(_KEY_RULES.items()):
+        if not key.startswith(prefix):
+            continue
+        present, value = _lookup(cfg, key)
+        if present:
+            problem = rule.problem(value, cfg)
+            if problem:
+                problems.append(f"{key} = {value!r}: {problem}")
+    if problems:
+        raise ValueError("invalid config value" + ("s" if len(problems) > 1 else "") + ":\n  " + "\n  ".join(problems))
+    def inert_key(key: str) -> bool:
+        return any(key == c or (c.endswith(".") and key.startswith(c)) for c in _COMPATIBILITY_KEYS)
+
+    inert = [f"{key} = {value!r}" for key, value in _flat(cfg).items()
+             if key.startswith(prefix) and inert_key(key) and key in defaults and value != defaults[key]]
+    if inert:
+        logger.warning("Config keys accepted for compatibility are not acted on: %s", ", ".join(inert))
+
+
+def _positive_numbers(value: Any, cfg: CfgNode) -> Optional[str]:
+    if any(not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0 for v in value):
+        return "every value must be a positive finite number"
+    return None
+
+
+def _non_negative_ints(value: Any, cfg: CfgNode) -> Optional[str]:
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value):
+        return "every value must be a non-negative integer"
+    return None
+
+
+def _non_empty(value: Any, cfg: CfgNode) -> Optional[str]:
+    return None if len(value) else "must name at least one"
+
+
+def _same_length_as(other: str, meaning: str) -> Callable[[Any, CfgNode], Optional[str]]:
+    def check(value: Any, cfg: CfgNode) -> Optional[str]:
+        _, reference = _lookup(cfg, other)
+        if len(value) != len(reference):
+            return f"must hold as many values as {other} ({len(reference)}, {meaning}), got {len(value)}"
+        return None
+
+    return check
+
+
+def _min_size_train(value: Any, cfg: CfgNode) -> Optional[str]:
+    sizes = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not sizes:
+        return "must hold at least one size"
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and len(sizes) != 2:
+        return f"must hold 2 values (min, max) with INPUT.MIN_SIZE_TRAIN_SAMPLING 'range', got {len(sizes)}"
+    return None
+
+
+def _declare_detectron2_keys() -> None:
+    """Rules of the Detectron2 keys the plugin reads."""
+    declare_key("INPUT.FORMAT", choices=("RGB", "BGR"))
+    declare_key("INPUT.RANDOM_FLIP", choices=("none", "horizontal", "vertical"))
+    declare_key("INPUT.MIN_SIZE_TRAIN_SAMPLING", choices=("choice", "range"))
+    declare_key("INPUT.MIN_SIZE_TRAIN", check=_min_size_train)
+    declare_key("INPUT.CROP.TYPE", choices=("relative_range", "relative", "absolute", "absolute_range"))
+    declare_key("INPUT.CROP.SIZE", lengths=(2,), meaning="height, width", check=_positive_numbers)
+    declare_key("MODEL.PIXEL_MEAN", lengths=(3,), meaning="one per colour channel")
+    declare_key("MODEL.PIXEL_STD", lengths=(3,), meaning="one per colour channel", check=_positive_numbers)
+    declare_key("MODEL.RESNETS.RES5_MULTI_GRID", lengths=(3,), meaning="dilation factors of res5's three blocks")
+    declare_key("MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", lengths=(3,), meaning="the ASPP's three atrous rates")
+    declare_key("MODEL.SEM_SEG_HEAD.LOSS_TYPE", choices=("cross_entropy", "hard_pixel_mining"))
+    declare_key("SOLVER.LR_SCHEDULER_NAME",
+                choices=("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR", "WarmupPolyLR"))
+    declare_key("SOLVER.WARMUP_METHOD", choices=("linear", "constant"))
+    declare_key("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", choices=("value", "norm", "full_model"))
+    # Test-time augmentation is not implemented for either branch: refused in every mode, since
+    # evaluation would otherwise silently run without it.
+    declare_key("TEST.AUG.ENABLED", check=lambda v, cfg: (
+        "test-time augmentation is not implemented (either branch, any mode); set it to False" if v else None))
 
 
 def register_config_group(fn: Callable[[CfgNode], None]) -> Callable[[CfgNode], None]:
@@ -62,10 +257,13 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    accept_for_compatibility("INPUT.IMAGE_SIZE", "INPUT.MIN_SCALE", "INPUT.MAX_SCALE",
+                             reason="large-scale jitter of Mask2Former's COCO mappers")
 
     # --- solver ---
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, level embeds, ...)
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW", "ADAM" or "SGD"
+    declare_key("SOLVER.OPTIMIZER", choices=("SGD", "ADAM", "ADAMW"), ignore_case=True)
     # (ours) epsilon of ADAM / ADAMW: torch's 1e-8; DenseHybrid's official fine-tuning uses 1e-7.
     cfg.SOLVER.ADAM_EPS = 1e-8
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # LR multiplier of backbone parameters
@@ -90,6 +288,7 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
     cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # MaskFormer's (v1) transformer encoder; unused here
+    accept_for_compatibility("MODEL.MASK_FORMER.ENC_LAYERS", reason="MaskFormer (v1)'s transformer encoder")
     # Number of predictions: DEC_LAYERS - 1 decoder layers plus the query-only prediction.
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
     cfg.MODEL.MASK_FORMER.PRE_NORM = False
@@ -110,6 +309,8 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
     cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
     cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    accept_for_compatibility("MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD",
+                             reason="instance / panoptic inference (refused)")
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
     # --- model: pixel decoder ---
@@ -121,6 +322,10 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    declare_key("MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES", check=_non_empty)
+    # Mask2Former defines it, but its pixel decoder takes MODEL.MASK_FORMER.NHEADS (so does ours).
+    accept_for_compatibility("MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
+                             reason="Mask2Former's pixel decoder uses MODEL.MASK_FORMER.NHEADS")
 
     # --- attention kernels ---
     # Softmax attention (Swin's window attention, the decoder's masked cross-attention and
@@ -136,6 +341,7 @@ def add_maskformer2_config(cfg: CfgNode) -> None:
     cfg.MODEL.SWIN.EMBED_DIM = 96
     cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
     cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    declare_key("MODEL.SWIN.NUM_HEADS", check=_same_length_as("MODEL.SWIN.DEPTHS", "one per stage"))
     cfg.MODEL.SWIN.WINDOW_SIZE = 7
     cfg.MODEL.SWIN.MLP_RATIO = 4.0
     cfg.MODEL.SWIN.QKV_BIAS = True
@@ -174,10 +380,15 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.OUTLIER_SUPERVISION = False  # adds the "outlier" loss
     # Score the loss is applied to: none / nls / energy / softmax_entropy / sum_entropy.
     cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET = "none"
+    declare_key("MODEL.MASK_FORMER.OUTLIER_LOSS_TARGET",
+                choices=("none", "nls", "energy", "softmax_entropy", "sum_entropy"))
     # Per-class squashing of L before "nls": none / sigmoid / tanh (tanh + nls = RbA).
     cfg.MODEL.MASK_FORMER.SCORE_NORM = "none"
+    declare_key("MODEL.MASK_FORMER.SCORE_NORM", choices=("none", "sigmoid", "tanh"))
     # squared_hinge / binary_cross_entropy / mse / l1 / kl (RbA first sets "max", then this).
     cfg.MODEL.MASK_FORMER.OUTLIER_LOSS_FUNC = "squared_hinge"
+    declare_key("MODEL.MASK_FORMER.OUTLIER_LOSS_FUNC",
+                choices=("squared_hinge", "binary_cross_entropy", "mse", "l1", "kl", "max"))
     cfg.MODEL.MASK_FORMER.INLIER_UPPER_THRESHOLD = -1.0  # gamma_in of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_LOWER_THRESHOLD = -0.1  # gamma_out of the hinge
     cfg.MODEL.MASK_FORMER.OUTLIER_WEIGHT = 1.0
@@ -209,11 +420,13 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_SCORE = "energy"
+    accept_for_compatibility("MODEL.MASK_FORMER.SMOOTHNESS_SCORE", reason="RbA's smoothness loss reads the energy")
     cfg.MODEL.MASK_FORMER.SPARSITY_LOSS = False
     cfg.MODEL.MASK_FORMER.SPARSITY_WEIGHT = 5e-4
     cfg.MODEL.MASK_FORMER.GAMBLER_LOSS = False
     cfg.MODEL.MASK_FORMER.GAMBLER_WEIGHT = 1.0
     cfg.MODEL.MASK_FORMER.PEBAL_REWARD = 4.5
+    accept_for_compatibility("MODEL.MASK_FORMER.PEBAL_REWARD", reason="used by PEBAL's code only for empty inputs")
     cfg.MODEL.MASK_FORMER.PEBAL_OOD_REG = 0.1
     cfg.MODEL.MASK_FORMER.DENSE_HYBRID_LOSS = False
     cfg.MODEL.MASK_FORMER.DENSE_HYBRID_WEIGHT = 1.0
@@ -228,8 +441,12 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.SEM_SEG_UNLABELED_REGION = True
     cfg.MODEL.MASK_FORMER.OPEN_PANOPTIC = True
     cfg.DATASETS.UNSEEN_LABEL_SET = "datasets/unknown/unknown_K20.txt"
+    accept_for_compatibility("MODEL.MASK_FORMER.UNLABELED_REGION", "MODEL.MASK_FORMER.SEM_SEG_UNLABELED_REGION",
+                             "MODEL.MASK_FORMER.OPEN_PANOPTIC", "DATASETS.UNSEEN_LABEL_SET",
+                             reason="RbA's open-panoptic setting (EOPSN)")
     # --- data (not acted on) ---
     cfg.INPUT.REPEAT_INSTANCE_MASKS = 1
+    accept_for_compatibility("INPUT.REPEAT_INSTANCE_MASKS", reason="RbA's instance mappers")
     # --- freezing for outlier fine-tuning (rba_plugin/engine/finetune.py). RbA's precedence inside
     # the predictor: EXCEPT_OBJECT_QUERIES > EXCEPT_MLP_AND_OOD_PRED > EXCEPT_MLP > whole decoder.
     cfg.MODEL.FREEZE_BACKBONE = False
@@ -242,6 +459,8 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.SOLVER.USE_WANDB = False
     cfg.SOLVER.WANDB_PROJECT = "mask2former"
     cfg.SOLVER.WANDB_NAME = ""
+    accept_for_compatibility("SOLVER.USE_WANDB", "SOLVER.WANDB_PROJECT", "SOLVER.WANDB_NAME",
+                             reason="RbA's experiment logging (never read, in RbA either)")
     # --- RbA's other backbones (MVIT / VIT: keys only; WIDE_RESNET: the per-pixel WideResNet-38) ---
     cfg.MODEL.MVIT = CN()
     cfg.MODEL.MVIT.ACT_LAYER = "GELU"
@@ -295,6 +514,9 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.WIDE_RESNET.DILATION = True
     cfg.MODEL.WIDE_RESNET.DIST_BN = False
     cfg.MODEL.WIDE_RESNET.STRUCTURE = [3, 3, 6, 3, 1, 1]
+    accept_for_compatibility("MODEL.MVIT.", "MODEL.VIT.",
+                             reason="RbA's other backbones, not part of this plugin")
+    declare_key("MODEL.WIDE_RESNET.STRUCTURE", lengths=(6,), meaning="blocks per module mod2 ... mod7")
 
 
 def add_anomaly_data_config(cfg: CfgNode) -> None:
@@ -329,6 +551,10 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     # RPL; 0 = one pass over DATASETS.TRAIN). Either way every rank draws from the same subset.
     cfg.INPUT.OOD_PROXY_POLICY = "fixed"
     cfg.INPUT.OOD_PROXY_EPOCH_LENGTH = 0
+    declare_key("INPUT.OOD_PROB", check=lambda v, cfg: None if 0.0 <= v <= 1.0 else "must lie in [0, 1]")
+    declare_key("INPUT.OOD_SCALE_RANGE", lengths=(2,), meaning="low, high",
+                check=lambda v, cfg: None if 0 < v[0] <= v[1] <= 1 else "must satisfy 0 < low <= high <= 1")
+    declare_key("INPUT.COCO_PROXY_SIZE", check=lambda v, cfg: None if v > 0 else "must be positive")
 
     # OOD evaluation (rba_plugin.evaluation.OODEvaluator).
     cfg.TEST.OOD = CfgNode()
@@ -338,10 +564,15 @@ def add_anomaly_data_config(cfg: CfgNode) -> None:
     cfg.TEST.OOD.COMPONENT_THRESHOLD = None
     # [min predicted, min ground-truth] component sizes in pixels; [] = the dataset's track.
     cfg.TEST.OOD.COMPONENT_SIZES = []
+    declare_key("TEST.OOD.COMPONENT_SIZES", lengths=(0, 2),
+                meaning="[min predicted, min ground-truth] component size in pixels, or [] for the dataset's track",
+                check=_non_negative_ints)
     cfg.TEST.OOD.CACHE_MEMORY_MB = 2048  # cached score maps beyond this go to a temp directory
     # "exact": metrics of the float32 scores, exactly; "smiyc": the official Segment-Me-If-You-Can
     # code's numbers (float16 scores, per-frame percentile bins). docs/evaluation_protocols.md.
     cfg.TEST.OOD.PROTOCOL = "exact"
+    declare_key("TEST.OOD.PROTOCOL", choices=("exact", "smiyc"))
+    declare_key("TEST.OOD.CACHE_MEMORY_MB", check=lambda v, cfg: None if v >= 0 else "must not be negative")
     cfg.TEST.OOD.WRITE_CURVES = True  # PR / ROC PNGs and a JSON of the results in OUTPUT_DIR
 
 
@@ -358,6 +589,9 @@ def add_ood_config(cfg: CfgNode) -> None:
     # 7 for RPL and PEBAL, as their official test code, 0 otherwise), with this sigma.
     cfg.MODEL.OOD.SMOOTHING_KERNEL = -1
     cfg.MODEL.OOD.SMOOTHING_SIGMA = 1.0
+    declare_key("MODEL.OOD.SMOOTHING_KERNEL", check=lambda v, cfg: (
+        None if v in (-1, 0) or (v > 0 and v % 2 == 1) else "must be -1 (the model's default), 0 (off) or an odd size"))
+    declare_key("MODEL.OOD.SMOOTHING_SIGMA", check=lambda v, cfg: None if v > 0 else "must be positive")
     # Registered loss terms (rba_plugin.modeling.loss_terms.LOSS_TERM_REGISTRY) added to the ones
     # the model trains with (Mask2Former's and RbA's; a per-pixel method's own list).
     cfg.MODEL.LOSS_TERMS = []
@@ -376,6 +610,7 @@ def get_cfg() -> CfgNode:
     components) added."""
     cfg = _detectron2_get_cfg()
     add_deeplab_config(cfg)
+    _declare_detectron2_keys()
     add_maskformer2_config(cfg)
     add_rba_config(cfg)
     add_anomaly_data_config(cfg)
@@ -391,7 +626,8 @@ def load_config(config_file: Optional[str] = None, opts: Sequence[str] = (), *, 
 
     Raises:
         FileNotFoundError: ``config_file`` does not exist.
-        KeyError / ValueError: from Detectron2's merge, naming the unknown key or bad value.
+        KeyError / ValueError: from Detectron2's merge, naming the unknown key or bad value, or
+            from :func:`check_config`, naming every value a declared rule refuses.
     """
     cfg = get_cfg()
     if config_file:
@@ -401,6 +637,7 @@ def load_config(config_file: Optional[str] = None, opts: Sequence[str] = (), *, 
     if len(opts) % 2:
         raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
     cfg.merge_from_list(list(opts))
+    check_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg

@@ -12,7 +12,9 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tools"))  # spawned workers unpickle train_net.main by module name
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+
+from rba_plugin.engine import launch  # noqa: E402
 
 from tests.m2f_scenes import NUM_CLASSES, write_scenes  # noqa: E402
 
@@ -33,4 +35,5 @@ if __name__ == "__main__":
         "INPUT.CROP.ENABLED", "False", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "0", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
     ])
-    launch(train_net.main, 2, dist_url="auto", args=(args,))
+    # A rendezvous file in the test's folder: no port to choose (and race for) on a shared machine.
+    launch(train_net.main, 2, dist_url=f"file://{OUTPUT_DIR.resolve() / 'rendezvous'}", args=(args,))

@@ -1,7 +1,6 @@
 """OODEvaluator: results equal AnomalyMetrics / hand-computed mIoU, files written, distributed == single."""
 import json
 import os
-import socket
 import uuid
 
 import cv2
@@ -200,16 +199,14 @@ def _distributed_main(data_root, name, result_file, protocol="exact"):
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["exact", "smiyc"])
 def test_two_processes_equal_one(tmp_path, protocol):
-    from detectron2.engine import launch
+    from rba_plugin.engine import launch
 
     data_root = str(tmp_path / "data")
     name = make_dataset(data_root)
     single = run_evaluator(OODEvaluator(name, distributed=False, protocol=protocol), DatasetCatalog.get(name))[name]
     result_file = str(tmp_path / "dist.json")
-    with socket.socket() as s:  # a free port: the two parametrizations run back to back
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch(_distributed_main, 2, dist_url=f"tcp://127.0.0.1:{port}", args=(data_root, name, result_file, protocol))
+    # A rendezvous file of this test's own: no port to choose (and race for) on a shared machine.
+    launch(_distributed_main, 2, dist_url=f"file://{tmp_path / 'rendezvous'}", args=(data_root, name, result_file, protocol))
     with open(result_file) as f:
         dist = json.load(f)
     assert dist.keys() == single.keys()

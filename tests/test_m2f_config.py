@@ -108,16 +108,18 @@ def test_encoder_level_not_among_inputs_names_the_key():
 
 
 def test_rba_options_not_acted_on_are_refused(reference_dir):
-    from rba_plugin.engine import unsupported_training_options
+    from rba_plugin.config import check_config
 
     cfg = get_cfg()
     cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl.yaml"))
-    assert unsupported_training_options(cfg) == []
+    check_config(cfg)
     cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
-    assert unsupported_training_options(cfg) == []  # outlier supervision and freezing are wired
+    check_config(cfg)  # outlier supervision and freezing are wired
     build_on(cfg, "meta")
-    cfg.merge_from_list(["TEST.AUG.ENABLED", "True"])
-    assert unsupported_training_options(cfg) == ["TEST.AUG.ENABLED"]
+    augmented = cfg.clone()
+    augmented.merge_from_list(["TEST.AUG.ENABLED", "True"])
+    with pytest.raises(ValueError, match="TEST.AUG.ENABLED = True: test-time augmentation is not implemented"):
+        build_on(augmented, "meta")  # whatever the mode: the model refuses
     for key in ("MODEL.MASK_FORMER.USE_POINT_REND", "SOLVER.FORCE_REGION_PARTITION"):
         ablation = cfg.clone()
         ablation.merge_from_list([key, "True"])

@@ -133,7 +133,7 @@ def test_rbas_key_is_an_alias():
     with pytest.raises(ValueError, match=r"MODEL.OOD.SCORES=\['rba'\] and its alias MODEL.MASK_FORMER.OOD_SCORES=\['msp'\]"):
         build_model(cfg)
     cfg = m2f_cfg("maskformer2_R18_1dl.yaml", "MODEL.OOD.SMOOTHING_KERNEL", "4")
-    with pytest.raises(ValueError, match="MODEL.OOD.SMOOTHING_KERNEL must be .* an odd size, got 4"):
+    with pytest.raises(ValueError, match="MODEL.OOD.SMOOTHING_KERNEL = 4: must be .* an odd size"):
         build_model(cfg)
 
 

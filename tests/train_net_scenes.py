@@ -21,9 +21,10 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))  # spawned workers unpickle train_n
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
 
 from rba_plugin.data import register_anomaly_dataset  # noqa: E402
+from rba_plugin.engine import launch  # noqa: E402
 from tests.m2f_scenes import NUM_CLASSES, write_scenes  # noqa: E402
 
 CAR = 13

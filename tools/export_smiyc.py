@@ -30,12 +30,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, build_detection_test_loader  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import rba_plugin  # noqa: E402,F401  (registers models and datasets)
 from rba_plugin.config import load_config, set_anomaly_scores  # noqa: E402
+from rba_plugin.data.dataset_mappers import build_test_mapper  # noqa: E402
 from rba_plugin.evaluation.smiyc_files import is_written, smiyc_folder_name, write_anomaly_map  # noqa: E402
 from rba_plugin.experiments.runs import load_run_model  # noqa: E402
 
@@ -83,7 +84,7 @@ def export(cfg, dataset: str, output: str, method_name: str, split: str) -> Dict
     if not todo:
         return counts
     model = load_run_model(cfg)
-    loader = build_detection_test_loader(dataset=todo, mapper=DatasetMapper(cfg, is_train=False))
+    loader = build_detection_test_loader(dataset=todo, mapper=build_test_mapper(cfg))
     with torch.no_grad():
         for inputs in tqdm(loader, total=len(todo), desc=f"{method_name}: {dataset}", unit="frame"):
             for record, output_dict in zip(inputs, model(inputs)):

@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
 
 import rba_plugin  # noqa: E402,F401  (registers models and datasets)
+from rba_plugin.data.image_io import read_image, read_label  # noqa: E402
 from rba_plugin.experiments.incremental import NOVEL_SETTINGS, run_incremental_setting  # noqa: E402
 from rba_plugin.experiments.runs import isolated_logging, setup_run, train_run  # noqa: E402
 from rba_plugin.utils.atomic_write import write_text_atomically  # noqa: E402
@@ -53,7 +53,7 @@ def load_inputs(dataset: str, image_format: str, limit: Optional[int]) -> List[d
         if "sem_seg_file_name" not in record:
             raise ValueError(f"dataset '{dataset}': {record['file_name']} has no 'sem_seg_file_name'")
         image = read_image(record["file_name"], format=image_format)
-        label = read_image(record["sem_seg_file_name"]).astype(np.int64)
+        label = read_label(record["sem_seg_file_name"]).astype(np.int64)  # indices, as training reads them
         inputs.append({
             "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "sem_seg": torch.as_tensor(label),

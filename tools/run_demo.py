@@ -30,14 +30,13 @@ import torch
 
 import rba_plugin  # noqa: F401  (registers models and datasets)
 
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.evaluation import SemSegEvaluator
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from rba_plugin.config import load_config
 from rba_plugin.data import ensure_synthcity, load_anomaly_label
 from rba_plugin.data.image_io import read_rgb_image
-from rba_plugin.engine import evaluate_with_progress
+from rba_plugin.engine import Trainer, build_evaluator, evaluate_with_progress
 from rba_plugin.evaluation import OODEvaluator
 from rba_plugin.experiments.runs import load_run_model, train_run
 from rba_plugin.utils.prediction_files import save_png
@@ -83,14 +82,14 @@ def evaluate(cfg, weights: Path, stage: str, output_dir: Path):
     ood_dir = output_dir / stage
     ood = evaluate_with_progress(
         model,
-        build_detection_test_loader(cfg, "synthcity_anomaly"),
+        Trainer.build_test_loader(cfg, "synthcity_anomaly"),
         OODEvaluator(cfg, "synthcity_anomaly", str(ood_dir)),
         description=f"{stage}: synthcity_anomaly",
     )["synthcity_anomaly"]
     closed = evaluate_with_progress(
         model,
-        build_detection_test_loader(cfg, "synthcity_val"),
-        SemSegEvaluator("synthcity_val", distributed=True, output_dir=str(ood_dir)),
+        Trainer.build_test_loader(cfg, "synthcity_val"),
+        build_evaluator(cfg, "synthcity_val", str(ood_dir)),
         description=f"{stage}: synthcity_val",
     )["sem_seg"]
     table = {}

@@ -16,10 +16,10 @@ The trainer (optimizer, LR schedule, mappers, evaluators) lives in rba_plugin.en
 from __future__ import annotations
 
 import rba_plugin  # noqa: F401  (registers models, mappers and datasets)
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from rba_plugin.engine import SafeCheckpointer, Trainer
+from rba_plugin.engine import SafeCheckpointer, Trainer, launch
 from rba_plugin.engine import setup as setup_config
 
 

@@ -11,11 +11,11 @@ import os
 import re
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
-from PIL import Image
+
+from .image_io import image_size, read_label
 
 __all__ = [
     "DatasetPath",
@@ -75,8 +75,9 @@ def list_anomaly_frames(
 ) -> List[dict]:
     """Dataset dicts of every label file ``<label_root>/**/<stem><label_suffix>``.
 
-    The image is ``<image_root>/<image_stem(stem)><image_suffix>``; image sizes are read from file
-    headers. Returns dicts with file_name, height, width, image_id, anomaly_label_file,
+    The image is ``<image_root>/<image_stem(stem)><image_suffix>``; height and width are the size
+    :func:`rba_plugin.data.image_io.read_image` returns (read from the file header, EXIF
+    orientation applied). Returns dicts with file_name, height, width, image_id, anomaly_label_file,
     anomaly_label_map (and sem_seg_file_name when ``sem_seg_root`` is given).
     """
     image_root, label_root = os.fspath(image_root), os.fspath(label_root)
@@ -101,10 +102,9 @@ def list_anomaly_frames(
     for stem in sorted(stems):
         image_file = os.path.join(image_root, (image_stem(stem) if image_stem else stem) + image_suffix)
         try:
-            with Image.open(image_file) as image:
-                width, height = image.size
-        except (OSError, ValueError) as error:
-            raise ValueError(f"dataset '{name}': cannot read image {image_file}: {error}") from error
+            height, width = image_size(image_file)
+        except ValueError as error:
+            raise ValueError(f"dataset '{name}': {error}") from error
         record = {
             "file_name": image_file,
             "height": height,
@@ -120,11 +120,7 @@ def list_anomaly_frames(
 
 
 def _read_label_file(path: str, expected_hw: Optional[Tuple[int, int]], image_file: str = "") -> np.ndarray:
-    label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise ValueError(f"cannot read label file {path}")
-    if label.ndim == 3:  # colour-saved label maps carry the id in every channel
-        label = label[:, :, 0]
+    label = read_label(path)  # indices (a palette PNG's, never its colours), 8 or 16 bit
     if expected_hw is not None and label.shape != tuple(expected_hw):
         raise ValueError(
             f"label {path} is {label.shape[0]}x{label.shape[1]} but image {image_file} is "
@@ -136,8 +132,11 @@ def _read_label_file(path: str, expected_hw: Optional[Tuple[int, int]], image_fi
 def load_anomaly_label(dataset_dict: dict) -> np.ndarray:
     """The H x W uint8 anomaly label (0 in-distribution, 1 anomaly, 255 void) of a dataset dict.
 
-    Raises ValueError naming the file when it is unreadable, its size differs from the dict's
-    height x width, or it holds a value the dataset's label map does not declare.
+    The file is read with :func:`rba_plugin.data.image_io.read_label` (indices: a palette PNG's
+    indices, 8- or 16-bit values), then mapped through the dict's ``anomaly_label_map``.
+
+    Raises ValueError naming the file when it is unreadable or holds colours, its size differs
+    from the dict's height x width, or it holds a value the dataset's label map does not declare.
     """
     path = dataset_dict["anomaly_label_file"]
     hw = (dataset_dict["height"], dataset_dict["width"]) if "height" in dataset_dict else None
@@ -159,7 +158,12 @@ def load_anomaly_label(dataset_dict: dict) -> np.ndarray:
 
 
 def load_sem_seg_label(dataset_dict: dict) -> np.ndarray:
-    """The H x W uint8 train-id label of ``dataset_dict["sem_seg_file_name"]`` (255 = ignore)."""
+    """The H x W train-id label of ``dataset_dict["sem_seg_file_name"]`` (255 = ignore; uint8, or
+    uint16 for a 16-bit file), read with :func:`rba_plugin.data.image_io.read_label`.
+
+    Raises ValueError naming the file when it is unreadable or holds colours, or its size
+    differs from the dict's height x width.
+    """
     path = dataset_dict["sem_seg_file_name"]
     hw = (dataset_dict["height"], dataset_dict["width"]) if "height" in dataset_dict else None
     return _read_label_file(path, hw, dataset_dict.get("file_name", ""))

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils import comm
 
+from .image_io import read_image, read_label
 from .outlier_pool import coco_outlier_pool_paths, list_outlier_pool
 
 __all__ = [
@@ -63,12 +63,11 @@ def select_proxy_subset(pool: Sequence[dict], proxy_size: int, seed: Union[int, 
 
 
 def read_pool_entry(record: dict, image_format: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(H x W x 3 uint8 image, H x W uint8 mask with 254 on the object) of one pool entry;
-    an unreadable mask or a mask of another size than its image is an error naming the files."""
+    """(H x W x 3 uint8 image, H x W mask with 254 on the object) of one pool entry, read with the
+    plugin's image and label readers (rba_plugin.data.image_io); an unreadable mask or a mask of
+    another size than its image is an error naming the files."""
     image = read_image(record["file_name"], format=image_format)
-    mask = cv2.imread(record["outlier_mask_file"], cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError(f"cannot read outlier mask {record['outlier_mask_file']}")
+    mask = read_label(record["outlier_mask_file"])
     if mask.shape != image.shape[:2]:
         raise ValueError(f"outlier mask {record['outlier_mask_file']} is {mask.shape}, image "
                          f"{record['file_name']} is {image.shape[:2]}")

@@ -1,8 +1,10 @@
-"""Stop training at the first non-finite loss term, naming the term and the iteration.
+"""Stop training at the first non-finite loss term or model output, naming it and the iteration.
 
 Detectron2 checks only the sum of the losses, on the main process, and its message does not say
 which term broke. The check here runs on every process on its own loss terms, after the backward
-pass and before the optimizer step, so the weights are never updated with NaN gradients.
+pass and before the optimizer step, so the weights are never updated with NaN gradients. Models
+check their own training outputs before any loss or matching reads them
+(:func:`rba_plugin.utils.finite.check_finite_outputs`); the trainer adds the iteration.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 
+from ..utils.finite import NonFiniteOutputError
+
 __all__ = ["NonFiniteLossError", "check_finite_losses", "FiniteLossSimpleTrainer", "FiniteLossAMPTrainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite."""
+    """A loss term or a model's training output became NaN or infinite."""
 
 
 def check_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
@@ -38,7 +42,16 @@ def check_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -
 
 class _FiniteLossCheck:
     """Mixin for SimpleTrainer subclasses: checks the loss terms where metrics are written, which
-    ``run_step`` does after ``backward`` and before ``optimizer.step``."""
+    ``run_step`` does after ``backward`` and before ``optimizer.step``, and names the iteration of
+    a model's non-finite training output."""
+
+    def run_step(self) -> None:
+        try:
+            super().run_step()
+        except NonFiniteOutputError as error:
+            raise NonFiniteLossError(
+                f"non-finite model output at iteration {self.iter} (process {comm.get_rank()}): {error}"
+            ) from error
 
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float, prefix: str = "",
                        iter: Optional[int] = None) -> None:

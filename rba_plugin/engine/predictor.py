@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 
 from ..config import set_anomaly_scores
 from ..data.anomaly_datasets import CITYSCAPES_STUFF_COLORS
+from ..data.dataset_mappers import build_test_augmentations
 from .checkpoint import SafeCheckpointer
 
 __all__ = ["AnomalyPredictor", "palette_of", "prepare_image"]
@@ -30,7 +31,8 @@ def palette_of(cfg, num_classes: int):
 
 def prepare_image(image_rgb: np.ndarray, input_format: str, resize: T.Augmentation, file_name: str = "") -> torch.Tensor:
     """An H x W x 3 uint8 RGB image as the model's 3 x h x w uint8 input: channels in
-    ``input_format`` ("RGB" or "BGR"), resized by ``resize`` (the test-time resize).
+    ``input_format`` ("RGB" or "BGR"), resized by ``resize`` (the test-time resize, e.g. the
+    evaluation loader's: ``T.AugmentationList(build_test_augmentations(cfg))``).
 
     Raises:
         ValueError: not an H x W x 3 uint8 array (naming ``file_name``).
@@ -38,8 +40,9 @@ def prepare_image(image_rgb: np.ndarray, input_format: str, resize: T.Augmentati
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"{file_name or 'image'}: expected H x W x 3 uint8 RGB, got {image_rgb.dtype} {image_rgb.shape}")
     image = image_rgb if input_format == "RGB" else image_rgb[:, :, ::-1]
-    image = resize.get_transform(image).apply_image(image)
-    return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    aug_input = T.AugInput(np.ascontiguousarray(image))
+    resize(aug_input)
+    return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
 
 
 class AnomalyPredictor:
@@ -66,7 +69,8 @@ class AnomalyPredictor:
         self.model = build_model(self.cfg).eval()
         self.score_name = self.model.scorer.names[0]
         SafeCheckpointer(self.cfg, self.model, allow_new_modules=False).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        # The evaluation loader's resize (rba_plugin.data.dataset_mappers.build_test_augmentations).
+        self.augmentations = T.AugmentationList(build_test_augmentations(cfg))
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT: the demo supports 'RGB' and 'BGR', got {cfg.INPUT.FORMAT!r}")
         self.input_format = cfg.INPUT.FORMAT
@@ -76,7 +80,7 @@ class AnomalyPredictor:
     def __call__(self, image_rgb: np.ndarray, file_name: str = "") -> Dict:
         """Model output for one H x W x 3 uint8 RGB image, plus ``"anomaly"`` (H x W float32
         numpy: the score ``"anomaly_name"``, higher = more anomalous)."""
-        tensor = prepare_image(image_rgb, self.input_format, self.resize, file_name)
+        tensor = prepare_image(image_rgb, self.input_format, self.augmentations, file_name)
         height, width = image_rgb.shape[:2]
         inputs = {"image": tensor, "height": height, "width": width}
         if file_name:

@@ -10,7 +10,7 @@ import weakref
 from typing import Optional
 
 import torch
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
@@ -18,12 +18,14 @@ from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_s
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.dataset_mappers import build_train_mapper
+from ..config import check_config
+from ..data.dataset_mappers import build_test_mapper, build_train_mapper
+from ..data.image_io import read_label
 from .checkpoint import SafeCheckpointer
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "build_evaluator", "unsupported_training_options"]
+__all__ = ["Trainer", "build_evaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +34,16 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     """The evaluator named by the dataset's metadata ``evaluator_type``:
 
     * "sem_seg" and "cityscapes_sem_seg" (detectron2's Cityscapes trainId sets): mIoU with
-      detectron2's ``SemSegEvaluator`` (the Cityscapes scripts are not needed);
+      detectron2's ``SemSegEvaluator`` (the Cityscapes scripts are not needed), reading labels
+      with the plugin's label reader (indices, as training reads them);
     * "ood": ``rba_plugin.evaluation.OODEvaluator`` (anomaly metrics).
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type in ("sem_seg", "cityscapes_sem_seg"):
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                               sem_seg_loading_fn=read_label_array)
     if evaluator_type == "ood":
         from ..evaluation import OODEvaluator  # imported lazily: only OOD datasets need it
 
@@ -51,24 +55,11 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     )
 
 
-# Keys that change training but that nothing here acts on (Detectron2's test-time augmentation):
-# training with them set must not silently ignore them. Model-specific keys of the same kind are
-# refused by the model that does not act on them.
-_NOT_YET_ACTED_ON = {
-    "TEST.AUG.ENABLED": False,
-}
-
-
-def unsupported_training_options(cfg) -> list:
-    """Names of the keys in ``_NOT_YET_ACTED_ON`` that ``cfg`` sets away from their inert value."""
-    found = []
-    for key, inert in _NOT_YET_ACTED_ON.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if node != inert:
-            found.append(key)
-    return found
+def read_label_array(path: str, copy: bool = False, dtype=None):
+    """``SemSegEvaluator``'s ``sem_seg_loading_fn``: :func:`rba_plugin.data.image_io.read_label`
+    (Detectron2's default reads the file with whatever mode it has)."""
+    label = read_label(path)
+    return label if dtype is None else label.astype(dtype)
 
 
 class Trainer(DefaultTrainer):
@@ -81,9 +72,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        unsupported = unsupported_training_options(cfg)
-        if unsupported:
-            raise NotImplementedError(f"config options not implemented for training yet: {', '.join(unsupported)}")
+        check_config(cfg)  # every declared key (TEST.AUG.ENABLED, list lengths, enums), before any data is read
         # DefaultTrainer.__init__ with the two CPU adjustments above.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
@@ -111,6 +100,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # The plugin's test mapper: images read as training and tools/demo.py read them.
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
 
     @classmethod
     def build_train_loader(cls, cfg, extra_inputs=()):

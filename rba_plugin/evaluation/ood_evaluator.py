@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..config import check_config
 from ..data.anomaly_datasets import load_anomaly_label, load_sem_seg_label
 from ..utils.atomic_write import atomic_open
 from .anomaly_metrics import PROTOCOLS, AnomalyMetrics, to_numpy
@@ -83,6 +84,11 @@ class OODEvaluator(DatasetEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         if component_sizes is None:
             component_sizes = meta.get("ood_component_sizes", None) or TRACK_SIZE_FILTERS[meta.get("ood_track", "anomaly")]
+        if len(component_sizes) != 2:
+            raise ValueError(
+                "component_sizes (TEST.OOD.COMPONENT_SIZES) must hold 2 values [min predicted, min ground-truth] "
+                f"in pixels, got {list(component_sizes)}"
+            )
         self.component_sizes = tuple(int(s) for s in component_sizes)
         self.cache_memory_bytes = int(cache_memory_mb * 2**20)
         self.write_curves = write_curves
@@ -94,6 +100,7 @@ class OODEvaluator(DatasetEvaluator):
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str, output_dir: Optional[str] = None, distributed: bool = True):
+        check_config(cfg, prefix="TEST.OOD.")
         ood = cfg.TEST.OOD
         return {
             "dataset_name": dataset_name,

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from ..outlier_paste import PASTE_STAGES
+from ..image_io import read_image, read_label
 from .color_aug_ssd import ColorAugSSD
 from .registry import register_train_mapper
 
@@ -68,15 +68,6 @@ def build_semantic_train_augmentations(cfg) -> List[T.Augmentation]:
     return augs
 
 
-def _read_file(path: str, what: str, format=None) -> np.ndarray:
-    """``detectron2.data.detection_utils.read_image`` with errors that name the file (PIL's
-    "image file is truncated" does not)."""
-    try:
-        return utils.read_image(path, format=format)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot read {what} {path}: {error}") from error
-
-
 @register_train_mapper("mask_former_semantic")
 class MaskFormerSemanticDatasetMapper:
     """Maps a semantic-segmentation dataset dict ("file_name", "sem_seg_file_name", "height",
@@ -106,7 +97,7 @@ class MaskFormerSemanticDatasetMapper:
         paste_stage: str = "final_crop",
     ):
         if not is_train:
-            raise ValueError("MaskFormerSemanticDatasetMapper is for training; use detectron2's DatasetMapper to test")
+            raise ValueError("MaskFormerSemanticDatasetMapper is for training; use rba_plugin's InferenceDatasetMapper to test")
         if paste_stage not in PASTE_STAGES:
             raise ValueError(f"INPUT.OOD_PASTE_STAGE must be one of {PASTE_STAGES}, got '{paste_stage}'")
         crops = [i for i, aug in enumerate(augmentations) if isinstance(aug, _CROPS)]
@@ -144,7 +135,7 @@ class MaskFormerSemanticDatasetMapper:
 
     def _read(self, dataset_dict: Dict) -> Tuple[np.ndarray, np.ndarray]:
         file_name = dataset_dict["file_name"]
-        image = _read_file(file_name, "image", format=self.img_format)
+        image = read_image(file_name, format=self.img_format)
         if "height" in dataset_dict or "width" in dataset_dict:
             expected = (dataset_dict.get("height"), dataset_dict.get("width"))
             if expected != image.shape[:2]:
@@ -157,9 +148,7 @@ class MaskFormerSemanticDatasetMapper:
             raise ValueError(f"{file_name}: the dataset dict has no 'sem_seg_file_name' (semantic labels are required)")
         if "annotations" in dataset_dict:
             raise ValueError(f"{file_name}: a semantic-segmentation dataset dict must not have 'annotations'")
-        sem_seg = _read_file(label_file, "label").astype("double")
-        if sem_seg.ndim != 2:
-            raise ValueError(f"{label_file}: a label map must have one channel, got shape {sem_seg.shape}")
+        sem_seg = read_label(label_file).astype("double")  # indices, never colours
         if sem_seg.shape != image.shape[:2]:
             raise ValueError(
                 f"{label_file}: label is {sem_seg.shape[0]}x{sem_seg.shape[1]} but its image {file_name} is "

@@ -107,7 +107,7 @@ class PixelSemanticOutlierMapper(MaskFormerSemanticDatasetMapper):
         args["outlier_paster"] = OutlierPaster(cfg) if (cfg.INPUT.OOD_PROB > 0 or raw) else None
         args["paste_stage"] = cfg.INPUT.OOD_PASTE_STAGE
         args["raw_outliers"] = raw
-        # The head's ASPP pools over a window fixed by the crop: raw images get the crop's size.
+        # Raw images get the crop's size, as RPL's official code fits them to the city crop.
         args["raw_outlier_size"] = tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None
         return args
 

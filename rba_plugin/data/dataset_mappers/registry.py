@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Sequence
 
+from ...config import declare_key
+
 __all__ = ["register_train_mapper", "build_train_mapper", "registered_train_mappers"]
 
 _TRAIN_MAPPERS: Dict[str, Callable] = {}
@@ -22,6 +24,10 @@ def register_train_mapper(name: str) -> Callable:
         return cls
 
     return deco
+
+
+declare_key("INPUT.DATASET_MAPPER_NAME", check=lambda name, cfg: (
+    None if name in _TRAIN_MAPPERS else f"no training mapper of that name (known: {', '.join(sorted(_TRAIN_MAPPERS))})"))
 
 
 def registered_train_mappers() -> Dict[str, Callable]:

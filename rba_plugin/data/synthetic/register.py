@@ -5,9 +5,9 @@ import os
 from typing import List, Optional, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
 
 from ..anomaly_datasets import CITYSCAPES_STUFF_CLASSES, CITYSCAPES_STUFF_COLORS, DatasetPath, register_anomaly_dataset
+from ..image_io import image_size
 from ..outlier_pool import register_outlier_pool
 from .writer import SynthCityParams, ensure_synthcity
 
@@ -26,8 +26,7 @@ def _list_sem_seg(root: str, split: str) -> List[dict]:
             continue
         stem = file[: -len("_leftImg8bit.png")]
         image = os.path.join(image_dir, file)
-        with Image.open(image) as im:
-            width, height = im.size
+        height, width = image_size(image)  # the size the image reader returns
         records.append({
             "file_name": image,
             "sem_seg_file_name": os.path.join(label_dir, f"{stem}_gtFine_labelTrainIds.png"),

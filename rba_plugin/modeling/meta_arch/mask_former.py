@@ -13,6 +13,9 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from ...config import check_config
+from ...utils.finite import check_finite_outputs
+from ..batching import forward_by_padded_size
 from ..criterion import build_set_criterion
 from ..freeze import freeze_except, trainable_parameter_count
 from ..ood.scorer import AnomalyScorer
@@ -100,7 +103,9 @@ class MaskFormer(nn.Module):
     Inference output: per image {"sem_seg": C x height x width, "ood_score": height x width} and,
     when several scores are configured, "ood_scores": {name: height x width}. The scores
     (``MODEL.OOD.SCORES``) read the named outputs ``class_scores`` (= "sem_seg", L) and, with
-    the DenseHybrid head, ``outlier_logits``.
+    the DenseHybrid head, ``outlier_logits``. Inputs of a batch that pad to different sizes are
+    run as separate batches (:mod:`rba_plugin.modeling.batching`), so an image's outputs do not
+    depend on its batch-mates.
 
     ``trainable_prefixes`` (RbA's MODEL.FREEZE_* keys) freezes every other parameter, with the
     frozen modules kept in eval mode (:func:`rba_plugin.modeling.freeze.freeze_except`).
@@ -145,6 +150,7 @@ class MaskFormer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_config(cfg)  # declared rules of every key: enums, list lengths, TEST.AUG.ENABLED
         mf = cfg.MODEL.MASK_FORMER
         if mf.TEST.INSTANCE_ON or mf.TEST.PANOPTIC_ON or not mf.TEST.SEMANTIC_ON:
             raise ValueError(
@@ -199,10 +205,19 @@ class MaskFormer(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            # Images that pad to different sizes run as separate batches: the padding is not
+            # masked, so a wider batch-mate would change an image's prediction (batching.py).
+            return forward_by_padded_size(self._forward, batched_inputs, self.size_divisibility)
+        return self._forward(batched_inputs)
+
+    def _forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_images(batched_inputs)
         features = self.backbone(images.tensor)
         outputs = self.sem_seg_head(features)
         if self.training:
+            # NaN / inf predictions would reach scipy's Hungarian solver ("invalid numeric entries").
+            check_finite_outputs(outputs, "Mask2Former")
             targets = self.prepare_targets(batched_inputs, images)
             losses = self.criterion(outputs, targets)
             # Unweighted terms without a weight (none today) are dropped, as in Mask2Former.

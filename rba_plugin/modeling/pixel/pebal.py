@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 from detectron2.config import CfgNode, configurable
 from torch import Tensor, nn
 
-from ...config import register_config_group
+from ...config import declare_key, register_config_group
 from ..ood.losses import inlier_energy
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
 from .pebal_abstention import build_abstention

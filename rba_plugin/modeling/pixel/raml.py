@@ -31,7 +31,7 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...config import register_config_group
+from ...config import declare_key, register_config_group
 from ..loss_terms import check_choice
 from ..loss_terms.raml import compact_labels, known_class_ids, mca_num_meta, mca_options, raml_options
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
@@ -109,6 +109,13 @@ def add_raml_config(cfg: CfgNode) -> None:
     # Eq. 13 counts a channel's pixels inside the novel mask (official code); False counts all.
     cfg.MODEL.MCA.CANDIDATE_INSIDE_MASK = True
     cfg.MODEL.MCA.MIN_REGION_AREA = 1  # official code: 250 px at stride 4
+    declare_key("MODEL.RAML.STAGE", choices=("anomaly", "mca"))
+    declare_key("MODEL.RAML.EMBED_DIMS", lengths=(2,), meaning="widths of the two FC layers")
+    declare_key("MODEL.MCA.ACTIVATION", choices=("softmax", "sigmoid"))
+    declare_key("MODEL.MCA.SPLIT_BOUND", choices=("min", "max"))
+    declare_key("MODEL.MCA.SPLIT_MASS", choices=("sum", "mean"))
+    declare_key("MODEL.MCA.INTER_REDUCTION", choices=("sum", "mean"))
+    declare_key("MODEL.MCA.KNOWN_LOSS", choices=("nll", "dice_bce"))
 
 
 def masked_average(features: Tensor, masks: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...config import register_config_group
+from ...config import declare_key, register_config_group
 from .method_base import PIXEL_OOD_METHOD_REGISTRY, PixelOODMethod
 from .rpl_blocks import RPLResidualBlock, build_residual_block
 
@@ -49,6 +49,7 @@ def add_rpl_config(cfg: CfgNode) -> None:
     cfg.MODEL.RPL.ENTROPY_T = 1.0  # t of the dis-similarity term of Eq. 5
     # Inlier targets of Eq. 5: "pseudo" = argmax of the frozen model (paper and code), "gt".
     cfg.MODEL.RPL.INLIER_TARGET = "pseudo"
+    declare_key("MODEL.RPL.INLIER_TARGET", choices=("pseudo", "gt"))
     # Initialise the residual ASPP from the head's trained ASPP when a checkpoint lacks it
     # (official code); False keeps the fresh initialisation.
     cfg.MODEL.RPL.INIT_FROM_HEAD_ASPP = True
@@ -86,8 +87,8 @@ class RPL(PixelOODMethod):
     Outputs: training ``closed_set_logits`` and ``rpl_logits`` (N x C x H x W) and, with CoroCL,
     ``corocl_embeddings`` / ``corocl_labels`` at the decoder's stride and, when the batch holds
     both inlier and outlier pixels there, ``corocl_outlier_embeddings`` / ``corocl_outlier_labels``
-    of the raw outlier images (extra input ``outlier_image``; with a fixed ASPP pooling window its
-    size must be the crop's, as the official code centre-crops / pads it to the city crop).
+    of the raw outlier images (extra input ``outlier_image``, centre-cropped / padded to the city
+    crop as the official code does).
     Inference: ``sem_seg`` = the closed-set logits, ``class_scores`` = the RPL logits (default
     score: their energy, smoothed 7x7, as the official test code).
 

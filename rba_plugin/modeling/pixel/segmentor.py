@@ -6,14 +6,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import ASPP
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from ...config import register_config_group
+from ...config import check_config, declare_key, register_config_group
+from ...utils.finite import check_finite_outputs
+from ..batching import forward_by_padded_size
 from ..freeze import freeze_except, trainable_parameter_count
 from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
 from ..ood.scorer import AnomalyScorer
@@ -39,6 +40,11 @@ def add_pixel_ood_config(cfg: CfgNode) -> None:
     # Train ids treated as void in training (RAML's incremental settings hold classes out:
     # "16+1" = [13], "16+3" = [13, 14, 15]); ids are not compacted.
     cfg.MODEL.PIXEL_OOD.HELD_OUT_CLASSES = []
+    declare_key("MODEL.PIXEL_OOD.SIZE_DIVISIBILITY", check=lambda v, cfg: (
+        None if v == -1 or v >= 1 else "must be -1 (the backbone's own) or a positive multiple"))
+    declare_key("MODEL.PIXEL_OOD.HELD_OUT_CLASSES", check=lambda v, cfg: (
+        None if all(0 <= c < cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES for c in v)
+        else f"every class must be a train id in 0..{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1}"))
 
 
 @META_ARCH_REGISTRY.register()
@@ -51,7 +57,9 @@ class PixelOODSegmentor(nn.Module):
     void, ``INPUT.OOD_LABEL`` on pasted outliers) and the method's ``extra_inputs``. Inference:
     one dict per image with ``"sem_seg"`` (C x H x W logits at the original size), ``"ood_score"``
     (H x W, higher = more anomalous; ``MODEL.OOD.SCORES`` or the method's default), with several
-    scores ``"ood_scores"``, plus method-specific maps (e.g. VCA's ``"unknown_mask"``).
+    scores ``"ood_scores"``, plus method-specific maps (e.g. VCA's ``"unknown_mask"``). Inputs of
+    a batch that pad to different sizes are run as separate batches, so an image's outputs do not
+    depend on its batch-mates (:mod:`rba_plugin.modeling.batching`).
 
     Parts the method does not train are frozen with :func:`freeze_except` (no gradient, eval mode).
     """
@@ -102,6 +110,7 @@ class PixelOODSegmentor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_config(cfg)  # declared rules of every key: enums, list lengths, TEST.AUG.ENABLED
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
         check_pixel_head(sem_seg_head)
@@ -178,32 +187,6 @@ class PixelOODSegmentor(nn.Module):
             notes += self.ood_method.fill_missing_state(state, "ood_method.", "sem_seg_head.") or []
         return state, notes
 
-    def input_size_multiple(self) -> Tuple[int, int]:
-        """(h, w) that padded inputs must be multiples of: DeepLab's ASPP pools over fixed windows
-        (the training crop at the coarsest stride), so its input must tile them; (1, 1) otherwise."""
-        stride = max(shape.stride for shape in self.backbone.output_shape().values())
-        multiple = (1, 1)
-        for module in self.sem_seg_head.modules():
-            if isinstance(module, ASPP) and module.pool_kernel_size is not None:
-                multiple = tuple(int(k) * stride for k in module.pool_kernel_size)
-        return multiple
-
-    def _check_input_size(self, images: ImageList, batched_inputs: List[dict]) -> None:
-        # Without this, a small image fails deep in ASPP with a message naming neither file nor size.
-        mh, mw = self.input_size_multiple()
-        height, width = images.tensor.shape[-2:]
-        if height % mh == 0 and width % mw == 0:
-            return
-        h, w = images.image_sizes[0]
-        name = batched_inputs[0].get("file_name", "the input image")
-        problem = (f"smaller than the model's minimum input size {mh}x{mw}" if height < mh or width < mw
-                   else f"not a multiple of {mh}x{mw}")
-        raise ValueError(
-            f"{name}: image of {h}x{w} (HxW; {height}x{width} after padding the batch) is {problem}: the ASPP "
-            f"of this model pools over windows of the training crop (INPUT.CROP.SIZE), so inputs must tile "
-            f"them. Resize the images (INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST) to such a size."
-        )
-
     def preprocess_image(self, batched_inputs: List[dict], key: str = "image") -> ImageList:
         """Normalise and pad the images under ``key`` to a multiple of ``size_divisibility``."""
         images = [(x[key].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
@@ -249,14 +232,22 @@ class PixelOODSegmentor(nn.Module):
         return extras
 
     def forward(self, batched_inputs: List[dict]):
+        if not self.training:
+            # Images that pad to different sizes run as separate batches: convolutions and the
+            # ASPP's image pooling see the padding, so a larger batch-mate would change an image's
+            # prediction (rba_plugin.modeling.batching).
+            return forward_by_padded_size(self._forward, batched_inputs, self.size_divisibility)
+        return self._forward(batched_inputs)
+
+    def _forward(self, batched_inputs: List[dict]):
         images = self.preprocess_image(batched_inputs)
-        self._check_input_size(images, batched_inputs)
         features = self.backbone(images.tensor)
         dec_in = self.sem_seg_head.decode(features)
         if self.training:
             targets = self.targets(batched_inputs)
             extras = self._extra_images(batched_inputs)
             outputs = self.ood_method(self.sem_seg_head, features, dec_in, images, targets=targets, extras=extras)
+            check_finite_outputs(outputs, f"the per-pixel method {type(self.ood_method).__name__}")
             losses = {}
             for term in self.loss_terms:
                 losses.update({k: v * term.weights.get(k, 1.0) for k, v in term(outputs, targets).items()})

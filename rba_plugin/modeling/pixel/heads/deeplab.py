@@ -1,5 +1,14 @@
 """Detectron2's DeepLabV3+ head run in the pieces of the per-pixel head protocol (see
-:mod:`rba_plugin.modeling.pixel.heads`)."""
+:mod:`rba_plugin.modeling.pixel.heads`).
+
+:class:`PixelDeepLabV3PlusHead` is Detectron2's ``DeepLabV3PlusHead`` (same parameters and
+state-dict keys) with these pieces, and with the ASPP's image pooling global, as in the official
+DeepLabV3+ networks of PEBAL, RPL, DenseHybrid and RAML (``AdaptiveAvgPool2d(1)``), so it runs on
+any image size. Detectron2 pools over the training crop's window instead (``pool_kernel_size`` =
+crop / stride): identical on training crops, but it only accepts inputs whose feature map the
+window tiles (a Cityscapes 512x1024 crop refuses every 720x1280 Road Anomaly frame) and pools
+locally on larger ones.
+"""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -27,11 +36,25 @@ class PixelDeepLabV3PlusHead(DeepLabV3PlusHead):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.aspp.pool_kernel_size is not None:
+            raise ValueError(
+                "PixelDeepLabV3PlusHead pools its ASPP globally (the official networks' image pooling); "
+                f"got train_size {tuple(self.aspp.pool_kernel_size)} (pass train_size=None)"
+            )
         if self.decoder_only or len(self.in_features) < 2:
             raise ValueError(
                 "PixelDeepLabV3PlusHead needs a predictor and at least one low-level feature "
                 f"(MODEL.SEM_SEG_HEAD.IN_FEATURES of length >= 2, got {self.in_features})"
             )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        # Detectron2 derives a fixed pooling window from an enabled crop; the global pooling
+        # needs none (and so accepts any crop type).
+        without_crop = cfg.clone()
+        without_crop.defrost()
+        without_crop.INPUT.CROP.ENABLED = False
+        return super().from_config(without_crop, input_shape)
 
     @property
     def finest_feature(self) -> str:
