@@ -419,8 +419,9 @@ def add_rba_config(cfg: CfgNode) -> None:
     # --- PEBAL / DenseHybrid variants inside Mask2Former (they replace the class/mask losses) ---
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_LOSS = False
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_WEIGHT = 3e-6
+    # The map the official smoothness loss differentiates: "energy", "nls" or "softmax_entropy"
+    # (checked when SMOOTHNESS_LOSS builds it: RbA's released configs hold "none" with the loss off).
     cfg.MODEL.MASK_FORMER.SMOOTHNESS_SCORE = "energy"
-    accept_for_compatibility("MODEL.MASK_FORMER.SMOOTHNESS_SCORE", reason="RbA's smoothness loss reads the energy")
     cfg.MODEL.MASK_FORMER.SPARSITY_LOSS = False
     cfg.MODEL.MASK_FORMER.SPARSITY_WEIGHT = 5e-4
     cfg.MODEL.MASK_FORMER.GAMBLER_LOSS = False

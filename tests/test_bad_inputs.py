@@ -521,8 +521,8 @@ def _checkpoint_file(tmp_path: Path, kind: str) -> Path:
         path.write_bytes(path.read_bytes()[:150])
     elif kind == "whole_model":
         torch.save(torch.nn.Linear(2, 2), path)
-    elif kind == "lightning_layout":  # PyTorch Lightning / mmsegmentation: weights under 'state_dict'
-        torch.save({"state_dict": state, "epoch": 3}, path)
+    elif kind == "unknown_nesting":  # weights under an entry no official code base uses ('state_dict',
+        torch.save({"net": state, "epoch": 3}, path)  # 'model_state' and 'model' load: test_pixel_official_checkpoints)
     elif kind == "empty_state_dict":
         torch.save({"model": {}}, path)
     elif kind == "pkl_list":
@@ -542,8 +542,8 @@ def _checkpoint_file(tmp_path: Path, kind: str) -> Path:
 CHECKPOINT_CASES = {
     "legacy_truncated": r"cannot read checkpoint {}: it is truncated, corrupt or not a checkpoint",
     "whole_model": r"cannot read checkpoint {}: it holds Python objects .* torch.save\(model\)",
-    "lightning_layout": r"checkpoint {}: 2 entries of its state dict are not tensors: 'state_dict' \(OrderedDict\), 'epoch' "
-                        r"\(int\); the weights may be nested under 'state_dict'",
+    "unknown_nesting": r"checkpoint {}: 2 entries of its state dict are not tensors: 'net' \(OrderedDict\), 'epoch' "
+                       r"\(int\); the weights may be nested under 'net'",
     "empty_state_dict": r"checkpoint {} holds no weights",
     "pkl_list": r"checkpoint {}: it holds a list, not a dict of weights",
     "pkl_whole_model": r"checkpoint {}: it holds a whole Linear model",
@@ -611,7 +611,7 @@ BAD_VALUES = {
     "optimizer": (["SOLVER.OPTIMIZER", "ADAM_W"], r"SOLVER.OPTIMIZER = 'ADAM_W': must be one of 'SGD', 'ADAM', 'ADAMW'"),
     "input_format": (["INPUT.FORMAT", "L"], r"INPUT.FORMAT = 'L': must be one of 'RGB', 'BGR'"),
     # A key of another branch's method is still checked (a typo there is not "ignored").
-    "mca_activation": (["MODEL.MCA.ACTIVATION", "relu"], r"MODEL.MCA.ACTIVATION = 'relu': must be one of 'softmax'"),
+    "mca_activation": (["MODEL.MCA.ACTIVATION", "relu"], r"MODEL.MCA.ACTIVATION = 'relu': must be one of None, 'sigmoid', 'softmax'"),
     "mapper_name": (["INPUT.DATASET_MAPPER_NAME", "mask_former_semantic_coco"],
                     r"INPUT.DATASET_MAPPER_NAME = 'mask_former_semantic_coco': no training mapper of that name"),
     "smoothing_kernel": (["MODEL.OOD.SMOOTHING_KERNEL", "4"], r"MODEL.OOD.SMOOTHING_KERNEL = 4: must be -1 .* or an odd size"),

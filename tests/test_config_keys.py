@@ -83,6 +83,15 @@ def read_chains() -> Set[Tuple[bool, Tuple[str, ...]]]:
     return chains
 
 
+def form_bundle_reads() -> Set[Tuple[bool, Tuple[str, ...]]]:
+    """Keys read by name through a FORM bundle (``loss_terms.base.resolve_form`` reads every key
+    of its group's bundles), as whole-key chains."""
+    from rba_plugin.modeling.loss_terms.raml import MCA_FORMS, RAML_FORMS
+
+    return {(True, ("MODEL", group, key)) for group, forms in (("MCA", MCA_FORMS), ("RAML", RAML_FORMS))
+            for bundle in forms.values() for key in bundle}
+
+
 def is_read(key: str, chains) -> bool:
     """Whether a chain read from a config is the key, or a chain read from a group ends it."""
     parts = tuple(key.split("."))
@@ -101,7 +110,7 @@ def test_the_walk_sees_reads_and_not_assignments():
 
 
 def test_every_plugin_key_is_read_or_accepted_for_compatibility():
-    chains = read_chains()
+    chains = read_chains() | form_bundle_reads()
     accepted = compatibility_keys()
     unread = [k for k in plugin_keys() if not is_read(k, chains) and not _compatible(k, accepted)]
     assert not unread, f"config keys nothing reads (read them, or declare them with accept_for_compatibility): {unread}"

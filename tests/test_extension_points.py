@@ -183,7 +183,7 @@ def test_unknown_loss_terms_and_bad_term_keys_fail_at_build_naming_them():
     cfg = tiny_pixel_cfg("RAML")
     cfg.MODEL.RAML.STAGE = "mca"
     cfg.MODEL.MCA.INTER_REDUCTION = "max"
-    with pytest.raises(ValueError, match=r"MODEL.MCA.INTER_REDUCTION = 'max': must be one of 'sum', 'mean'"):
+    with pytest.raises(ValueError, match=r"MODEL.MCA.INTER_REDUCTION = 'max': must be one of None, 'mean', 'sum'"):
         build_model(cfg)
     # A term that reads an output the model does not produce in training.
     cfg = tiny_pixel_cfg("ClosedSet")

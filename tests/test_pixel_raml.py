@@ -701,7 +701,7 @@ def test_mca_bad_options_name_the_key():
         build_model(cfg)
     cfg = tiny_pixel_cfg("RAML")
     cfg.MODEL.RAML.FORM = "code"
-    with pytest.raises(ValueError, match=r"MODEL.RAML.FORM must be one of \('official', 'paper'\)"):
+    with pytest.raises(ValueError, match=r"MODEL.RAML.FORM = 'code': must be one of 'official', 'paper'"):
         build_model(cfg)
     cfg = tiny_pixel_cfg("RAML")
     cfg.MODEL.RAML.REGION_SAMPLING = "grid"

@@ -50,8 +50,8 @@ PEBAL_FORM_CONSTANTS = {
 }
 
 
-def _pebal_constant(cfg, key: str, name: str) -> float:
-    value = cfg.MODEL.PEBAL[key]
+def _pebal_constant(cfg, value: Optional[float], name: str) -> float:
+    """``value`` (a MODEL.PEBAL weight key), or the constant ``name`` of MODEL.PEBAL.FORM when None."""
     return PEBAL_FORM_CONSTANTS[cfg.MODEL.PEBAL.FORM][name] if value is None else float(value)
 
 
@@ -110,7 +110,7 @@ class PEBALAbstention(LossTerm):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         form = _form(cfg, "MODEL.PEBAL.FORM", cfg.MODEL.PEBAL.FORM)
-        return {"outlier_weight": _pebal_constant(cfg, "PAL_OUTLIER_WEIGHT", "pal_outlier_weight"), "form": form}
+        return {"outlier_weight": _pebal_constant(cfg, cfg.MODEL.PEBAL.PAL_OUTLIER_WEIGHT, "pal_outlier_weight"), "form": form}
 
     def probabilities(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """N x (C+1) x H x W class probabilities, the last one abstaining."""
@@ -191,7 +191,7 @@ class PEBALSmoothness(LossTerm):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         form = _form(cfg, "MODEL.PEBAL.FORM", cfg.MODEL.PEBAL.FORM)
-        weight = _pebal_constant(cfg, "SMOOTH_WEIGHT", "smooth_weight")
+        weight = _pebal_constant(cfg, cfg.MODEL.PEBAL.SMOOTH_WEIGHT, "smooth_weight")
         return {"weight": weight * (cfg.MODEL.PEBAL.ENERGY_WEIGHT if form == "official" else 1.0), "form": form}
 
     def forward(self, outputs, targets: PixelTargets) -> Dict[str, torch.Tensor]:
@@ -222,7 +222,7 @@ class PEBALSparsity(LossTerm):
     @classmethod
     def from_config(cls, cfg) -> Dict:
         form = _form(cfg, "MODEL.PEBAL.FORM", cfg.MODEL.PEBAL.FORM)
-        weight = _pebal_constant(cfg, "SPARSITY_WEIGHT", "sparsity_weight")
+        weight = _pebal_constant(cfg, cfg.MODEL.PEBAL.SPARSITY_WEIGHT, "sparsity_weight")
         return {"weight": weight * (cfg.MODEL.PEBAL.ENERGY_WEIGHT if form == "official" else 1.0), "form": form}
 
     def forward(self, outputs, targets: PixelTargets) -> Dict[str, torch.Tensor]:

@@ -32,7 +32,9 @@ from .sem_seg import SemSegLoss
 
 __all__ = [
     "MCA_FORMS",
+    "MCA_OPTION_CHOICES",
     "RAML_FORMS",
+    "RAML_OPTION_CHOICES",
     "OFFICIAL_MCA_CHANNELS",
     "known_class_ids",
     "compact_labels",
@@ -75,7 +77,7 @@ MCA_FORMS: Dict[str, Dict[str, object]] = {
         "SEG_LOSS_REDUCTION": "mean",  # L_seg of Eq. 1
     },
 }
-_MCA_CHOICES = {
+MCA_OPTION_CHOICES = {
     "ACTIVATION": ("sigmoid", "softmax"),
     "ACTIVATE_BEFORE_UPSAMPLE": (True, False),
     "DICE": ("official", "standard"),
@@ -102,7 +104,7 @@ RAML_FORMS: Dict[str, Dict[str, object]] = {
     },
     "paper": {"CIRCLE_FORM": "plain", "CIRCLE_WEIGHT": 1.0, "CLASSIFIER_WEIGHT": 0.0, "REGION_SAMPLING": "masks"},
 }
-_RAML_CHOICES = {"CIRCLE_FORM": ("adaptive", "plain"), "REGION_SAMPLING": ("dropblock", "masks")}
+RAML_OPTION_CHOICES = {"CIRCLE_FORM": ("adaptive", "plain"), "REGION_SAMPLING": ("dropblock", "masks")}
 
 
 def _resolve(group, group_key: str, forms, choices) -> Dict[str, object]:
@@ -121,12 +123,12 @@ def mca_options(cfg) -> Dict[str, object]:
     Raises:
         ValueError: a FORM or an option outside its allowed values (naming the key).
     """
-    return _resolve(cfg.MODEL.MCA, "MODEL.MCA", MCA_FORMS, _MCA_CHOICES)
+    return _resolve(cfg.MODEL.MCA, "MODEL.MCA", MCA_FORMS, MCA_OPTION_CHOICES)
 
 
 def raml_options(cfg) -> Dict[str, object]:
     """The anomaly (metric) stage's options: ``MODEL.RAML.FORM``'s bundle with the keys that are set."""
-    return _resolve(cfg.MODEL.RAML, "MODEL.RAML", RAML_FORMS, _RAML_CHOICES)
+    return _resolve(cfg.MODEL.RAML, "MODEL.RAML", RAML_FORMS, RAML_OPTION_CHOICES)
 
 
 def known_class_ids(cfg) -> List[int]:

@@ -111,11 +111,16 @@ def add_raml_config(cfg: CfgNode) -> None:
     cfg.MODEL.MCA.MIN_REGION_AREA = 1  # official code: 250 px at stride 4
     declare_key("MODEL.RAML.STAGE", choices=("anomaly", "mca"))
     declare_key("MODEL.RAML.EMBED_DIMS", lengths=(2,), meaning="widths of the two FC layers")
-    declare_key("MODEL.MCA.ACTIVATION", choices=("softmax", "sigmoid"))
     declare_key("MODEL.MCA.SPLIT_BOUND", choices=("min", "max"))
-    declare_key("MODEL.MCA.SPLIT_MASS", choices=("sum", "mean"))
-    declare_key("MODEL.MCA.INTER_REDUCTION", choices=("sum", "mean"))
-    declare_key("MODEL.MCA.KNOWN_LOSS", choices=("nll", "dice_bce"))
+    # The FORM bundles' options (None: the form's value), declared from the tables that resolve
+    # them. Imported here, when get_cfg runs: loss_terms.raml imports this package's modules.
+    from ..loss_terms.raml import MCA_FORMS, MCA_OPTION_CHOICES, RAML_FORMS, RAML_OPTION_CHOICES
+
+    for group, forms, choices in (("MODEL.MCA", MCA_FORMS, MCA_OPTION_CHOICES),
+                                  ("MODEL.RAML", RAML_FORMS, RAML_OPTION_CHOICES)):
+        declare_key(f"{group}.FORM", choices=tuple(forms))
+        for key, allowed in choices.items():
+            declare_key(f"{group}.{key}", choices=(None,) + tuple(allowed))
 
 
 def masked_average(features: Tensor, masks: Tensor) -> Tensor:
