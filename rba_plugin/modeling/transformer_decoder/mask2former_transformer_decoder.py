@@ -1,7 +1,7 @@
 """Mask2Former's masked-attention transformer decoder, with RbA's configurable level count."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -114,18 +114,30 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         }
 
     def forward(
-        self, x: Sequence[torch.Tensor], mask_features: torch.Tensor, mask: Optional[torch.Tensor] = None
+        self,
+        x: Sequence[torch.Tensor],
+        mask_features: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        keep_queries: Optional[Union[Sequence[int], torch.Tensor]] = None,
     ) -> Dict[str, object]:
         """
         Args:
             x: ``num_feature_levels`` maps B x C x H_l x W_l, coarse to fine.
             mask_features: B x mask_dim x H/4 x W/4.
             mask: unused (kept for Mask2Former's signature).
+            keep_queries: indices of the queries to run (Q' of them, in this order), None = all.
+                The others are removed before the first layer, so the kept ones attend to the
+                image features and to each other only ("hard masking" of the RbA paper, Sec. 3.2;
+                :mod:`rba_plugin.analysis`). None runs exactly the unmodified computation.
 
         Returns:
-            {"pred_logits": B x Q x (C+1), "pred_masks": B x Q x H/4 x W/4,
+            {"pred_logits": B x Q' x (C+1), "pred_masks": B x Q' x H/4 x W/4,
              "aux_outputs": [{"pred_logits", "pred_masks"}] * dec_layers (earlier predictions)},
             with DenseHybrid's head also "pred_outlier": B x 2 x H/4 x W/4 (channel 1 = outlier).
+
+        Raises:
+            ValueError: a wrong number of feature levels; ``keep_queries`` empty, not 1-D, or
+                holding an index outside [0, num_queries) (named).
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(
@@ -138,8 +150,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             level = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(level.permute(2, 0, 1))
         batch = src[0].shape[1]
-        query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)  # Q x B x C
-        output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
+        query_embed, query_feat = self.query_embed.weight, self.query_feat.weight
+        if keep_queries is not None:
+            index = self._query_index(keep_queries, query_feat.device)
+            query_embed, query_feat = query_embed[index], query_feat[index]
+        query_embed = query_embed.unsqueeze(1).repeat(1, batch, 1)  # Q x B x C
+        output = query_feat.unsqueeze(1).repeat(1, batch, 1)
 
         predictions_class, predictions_mask = [], []
         outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, size_list[0])
@@ -170,6 +186,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if self.ood_pred is not None:
             out["pred_outlier"] = self.ood_pred(mask_features)
         return out
+
+    def _query_index(self, keep_queries: Union[Sequence[int], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """``keep_queries`` as a 1-D int64 index tensor on ``device``, checked against num_queries."""
+        index = torch.as_tensor(keep_queries, device=device)
+        # A bool mask or floats would be cast to indices silently (True -> query 1).
+        if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+            raise ValueError(f"keep_queries must hold integer query indices, got dtype {index.dtype}")
+        index = index.to(torch.int64)
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(f"keep_queries must be a non-empty 1-D list of query indices, got shape {tuple(index.shape)}")
+        bad = index[(index < 0) | (index >= self.num_queries)]
+        if bad.numel():
+            raise ValueError(
+                f"keep_queries: query indices {bad.tolist()[:10]} are outside [0, {self.num_queries}) "
+                f"(the decoder has {self.num_queries} queries)"
+            )
+        return index
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Tuple[int, int]
