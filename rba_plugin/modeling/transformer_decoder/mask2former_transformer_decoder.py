@@ -190,12 +190,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def _query_index(self, keep_queries: Union[Sequence[int], torch.Tensor], device: torch.device) -> torch.Tensor:
         """``keep_queries`` as a 1-D int64 index tensor on ``device``, checked against num_queries."""
         index = torch.as_tensor(keep_queries, device=device)
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(
+                f"keep_queries must be a non-empty 1-D list of query indices, got shape {tuple(index.shape)}"
+            )
         # A bool mask or floats would be cast to indices silently (True -> query 1).
         if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
             raise ValueError(f"keep_queries must hold integer query indices, got dtype {index.dtype}")
         index = index.to(torch.int64)
-        if index.dim() != 1 or index.numel() == 0:
-            raise ValueError(f"keep_queries must be a non-empty 1-D list of query indices, got shape {tuple(index.shape)}")
         bad = index[(index < 0) | (index >= self.num_queries)]
         if bad.numel():
             raise ValueError(
