@@ -1,12 +1,19 @@
 """Pictures of predictions: anomaly heat-maps over the image and closed-set colour segmentation."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-__all__ = ["anomaly_heatmap", "overlay_heatmap", "colorize_sem_seg", "side_by_side"]
+from .atomic_write import atomic_open
+
+__all__ = ["anomaly_heatmap", "overlay_heatmap", "colorize_sem_seg", "side_by_side", "labelled_panels",
+           "save_figure"]
 
 
 def anomaly_heatmap(
@@ -52,3 +59,35 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
             raise ValueError("side_by_side: images must share a height")
         parts.extend([spacer, img] if i else [img])
     return np.concatenate(parts, axis=1)
+
+
+def labelled_panels(
+    panels: Mapping[str, np.ndarray],
+    score_range: Tuple[float, float],
+    score_label: str,
+    cmap: str = "inferno",
+    panel_width: float = 3.2,
+) -> Figure:
+    """A figure of H x W x 3 uint8 RGB panels in a row, each titled with its key, and one colour
+    bar for the heat-map panels: ``score_range`` (low, high) mapped through ``cmap`` as
+    :func:`anomaly_heatmap` does, labelled ``score_label``. Uses matplotlib's object API (no
+    pyplot state), so it is safe in any process."""
+    height, width = next(iter(panels.values())).shape[:2]
+    figure = Figure(figsize=(panel_width * len(panels), panel_width * height / width + 1.0))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, panel) in zip(axes, panels.items()):
+        ax.imshow(panel)
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+    mappable = ScalarMappable(norm=Normalize(*score_range), cmap=cmap)
+    # Horizontal, under the row: a long label stays readable whatever the panels' aspect.
+    bar = figure.colorbar(mappable, ax=list(axes), orientation="horizontal", fraction=0.08, pad=0.04, aspect=60)
+    bar.set_label(score_label, fontsize=8)
+    return figure
+
+
+def save_figure(figure: Figure, path: str, dpi: int = 120) -> None:
+    """Write ``figure`` as a PNG at ``path`` atomically (a kill never leaves half a file)."""
+    with atomic_open(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
