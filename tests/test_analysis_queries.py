@@ -394,9 +394,15 @@ def test_tool_refuses_bad_inputs_naming_them(synthcity, weights, tmp_path):
     with pytest.raises(ValueError, match=r"pixel '5;5': expected 'y,x'"):
         _run("votes", "--dataset", f"{synthcity}_anomaly", "--output", out, "--image", "0", "--pixels", "5;5",
              weights=weights)
+    with pytest.raises(ValueError, match=r"--max-images does not apply to votes"):
+        _run("votes", "--dataset", f"{synthcity}_anomaly", "--output", out, "--image", "1", "--pixels", "1,1",
+             "--max-images", "1", weights=weights)
     with pytest.raises(ValueError, match=r"image index 7 is outside the dataset's 3 images"):
         _run("votes", "--dataset", f"{synthcity}_anomaly", "--output", out, "--image", "7", "--pixels", "1,1",
              weights=weights)
+    with pytest.raises(ValueError, match=r"--max-images does not apply to votes"):
+        _run("votes", "--dataset", f"{synthcity}_anomaly", "--output", out, "--image", "1", "--pixels", "1,1",
+             "--max-images", "1", weights=weights)
     with pytest.raises(ValueError, match=r"number of clusters must be in \[1, 20\], got 0"):
         _run("modes", "--dataset", f"{synthcity}_anomaly", "--output", out, "--clusters", "0", weights=weights)
     with pytest.raises(ValueError, match=r"MODEL.META_ARCHITECTURE 'PixelOODSegmentor': .* has no object queries"):

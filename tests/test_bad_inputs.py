@@ -519,6 +519,8 @@ def _checkpoint_file(tmp_path: Path, kind: str) -> Path:
     if kind == "legacy_truncated":  # torch's pre-1.6 (non-zip) serialisation, cut short
         torch.save({"model": state}, path, _use_new_zipfile_serialization=False)
         path.write_bytes(path.read_bytes()[:150])
+    elif kind == "text_file":  # not a pickle at all: torch's weights-only reader says "Unsupported operand"
+        path.write_text("not a checkpoint\n")
     elif kind == "whole_model":
         torch.save(torch.nn.Linear(2, 2), path)
     elif kind == "unknown_nesting":  # weights under an entry no official code base uses ('state_dict',
@@ -541,6 +543,7 @@ def _checkpoint_file(tmp_path: Path, kind: str) -> Path:
 
 CHECKPOINT_CASES = {
     "legacy_truncated": r"cannot read checkpoint {}: it is truncated, corrupt or not a checkpoint",
+    "text_file": r"cannot read checkpoint {}: it is truncated, corrupt or not a checkpoint",
     "whole_model": r"cannot read checkpoint {}: it holds Python objects .* torch.save\(model\)",
     "unknown_nesting": r"checkpoint {}: 2 entries of its state dict are not tensors: 'net' \(OrderedDict\), 'epoch' "
                        r"\(int\); the weights may be nested under 'net'",

@@ -106,3 +106,10 @@ def test_tool_refuses_a_model_without_weights(tmp_path):
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
         _tool("export_model").main(["--config-file", CONFIG, "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_tool_refuses_a_negative_tolerance_before_exporting(value, capsys):
+    with pytest.raises(SystemExit):
+        _tool("export_model").parse_args(["--config-file", "c.yaml", "--output", "m.onnx", "--tolerance", value])
+    assert "--tolerance: must be a number >= 0" in capsys.readouterr().err

@@ -178,6 +178,8 @@ def _run_modes(args, cfg) -> Dict[str, str]:
 
 
 def _run_votes(args, cfg) -> Dict[str, str]:
+    if args.max_images is not None:
+        raise ValueError("--max-images does not apply to votes, which reads the one image given by --image")
     pixels = [analysis.parse_pixel(p) for p in args.pixels]
     _, record = analysis.find_record(analysis.dataset_records(args.dataset), args.image)
     height, width = record.get("height"), record.get("width")

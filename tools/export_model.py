@@ -36,6 +36,13 @@ from rba_plugin.modeling.ood import available_scores
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*\.")
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -47,7 +54,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     parser.add_argument("--sample-size", nargs=2, type=int, default=(256, 512), metavar=("H", "W"),
                         help="input size the model is traced at (the file works at any size)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 16)")
-    parser.add_argument("--tolerance", type=float, default=1e-3,
+    parser.add_argument("--tolerance", type=_non_negative_float, default=1e-3,
                         help="largest absolute difference to the PyTorch model accepted by the check")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)

@@ -195,10 +195,14 @@ def main(argv=None) -> int:
     table = format_table(results)
     write_text_atomically(str(output_dir / "results.md"), table + "\n")
     claims = demo_claims(results)
-    write_json(str(output_dir / "results.json"), {**results, "claims": {text: held for text, held in claims}})
+    schedule = {"preset": args.preset, "closed_iters": args.closed_iters, "finetune_iters": args.finetune_iters}
+    write_json(str(output_dir / "results.json"),
+               {**results, "schedule": schedule, "claims": {text: held for text, held in claims}})
     print("\n" + table + "\n")
     print(f"AP, FPR95, AUROC, sIoU, PPV, mean F1 on synthcity_anomaly; mIoU on synthcity_val (percent).")
-    print("The README's claims in this run:")
+    default_closed, default_finetune = PRESETS["default"]
+    print(f"The README's claims in this run ({args.closed_iters} + {args.finetune_iters} iterations; the claims are "
+          f"made for the default {default_closed} + {default_finetune}):")
     for text, held in claims:
         print(f"  [{'held' if held else 'NOT HELD'}] {text}")
     print(f"Results, overlays and PR/ROC curves: {output_dir}  ({(time.time() - start) / 60:.1f} min)")

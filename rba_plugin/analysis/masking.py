@@ -183,7 +183,8 @@ def run_query_masking(
         raise ValueError(f"{len(specialized)} specialised queries given for {num_classes} classes")
     if all(q is None for q in specialized):
         raise ValueError(
-            "no class has a specialised query (no query reached the confidence threshold): nothing to mask"
+            "no class has a specialised query (no query reached the confidence threshold): nothing to mask; "
+            "lower the specialisation threshold (--threshold) or use a longer-trained model"
         )
     num_queries = int(model.sem_seg_head.predictor.num_queries)
     outside = [q for q in specialized if q is not None and not 0 <= q < num_queries]

@@ -325,7 +325,9 @@ class SafeCheckpointer(DetectionCheckpointer):
         except CheckpointReadError:
             raise
         except pickle.UnpicklingError as error:
-            if "Weights only load failed" in str(error):  # torch.load(weights_only=True) refused it
+            # torch.load(weights_only=True) refused a class it would have to import (a pickled
+            # object); any other refusal (e.g. "Unsupported operand") means the bytes are no pickle.
+            if "Weights only load failed" in str(error) and "Unsupported global" in str(error):
                 raise CheckpointReadError(
                     f"cannot read checkpoint {filename}: it holds Python objects besides tensors and plain "
                     "containers (e.g. a whole model saved with torch.save(model)), which torch.load does not "
