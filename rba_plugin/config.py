@@ -522,6 +522,10 @@ def add_rba_config(cfg: CfgNode) -> None:
 
 def add_anomaly_data_config(cfg: CfgNode) -> None:
     """Anomaly datasets, outlier pasting and OOD evaluation keys."""
+    # Detectron2's test-time resize, which every evaluation path, the demo and the exports use:
+    # a negative size would fail deep inside the image library.
+    declare_key("INPUT.MIN_SIZE_TEST", check=lambda v, cfg: None if v >= 0 else "must be >= 0 (0: keep the size)")
+    declare_key("INPUT.MAX_SIZE_TEST", check=lambda v, cfg: None if v > 0 else "must be > 0")
     # Outlier pasting (names from RbA so its released configs merge).
     cfg.INPUT.OOD_LABEL = 254  # label of pasted outlier pixels; excluded from class masks
     cfg.INPUT.OOD_PROB = 0.1  # p_out: probability that a training image gets an outlier

@@ -614,6 +614,7 @@ BAD_VALUES = {
     "optimizer": (["SOLVER.OPTIMIZER", "ADAM_W"], r"SOLVER.OPTIMIZER = 'ADAM_W': must be one of 'SGD', 'ADAM', 'ADAMW'"),
     "input_format": (["INPUT.FORMAT", "L"], r"INPUT.FORMAT = 'L': must be one of 'RGB', 'BGR'"),
     # A key of another branch's method is still checked (a typo there is not "ignored").
+    "test_resize": (["INPUT.MIN_SIZE_TEST", -5], r"INPUT.MIN_SIZE_TEST = -5: must be >= 0"),
     "mca_activation": (["MODEL.MCA.ACTIVATION", "relu"], r"MODEL.MCA.ACTIVATION = 'relu': must be one of None, 'sigmoid', 'softmax'"),
     "mapper_name": (["INPUT.DATASET_MAPPER_NAME", "mask_former_semantic_coco"],
                     r"INPUT.DATASET_MAPPER_NAME = 'mask_former_semantic_coco': no training mapper of that name"),
