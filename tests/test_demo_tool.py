@@ -110,14 +110,14 @@ def test_unknown_score_fails_before_writing_anything(weights, inputs, tmp_path):
     assert not out.exists()
 
 
-def test_corrupt_image_is_named_and_earlier_outputs_are_whole(weights, inputs, tmp_path):
+def test_corrupt_image_is_named_and_the_others_are_written_whole(weights, inputs, tmp_path):
     folder, _ = inputs
-    bad = tmp_path / "zz_broken.png"
+    bad = tmp_path / "broken.png"
     bad.write_bytes((folder / "rgb.png").read_bytes()[:60])
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=f"cannot read image {bad}"):
-        _demo().main(["--config-file", CONFIG, "--input", str(folder / "rgb.png"), str(bad), "--output", str(out),
-                      "--opts", "MODEL.WEIGHTS", weights, *TEST_SIZE])
-    assert sorted(p.name for p in out.iterdir()) == [
-        "rgb_anomaly.png", "rgb_panel.png", "rgb_score.npy", "rgb_score.png", "rgb_sem_seg.png"]
+    with pytest.raises(ValueError, match=f"1 of 3 images could not be read .*\n  cannot read image {bad}"):
+        _demo().main(["--config-file", CONFIG, "--input", str(folder / "rgb.png"), str(bad), str(folder / "gray.png"),
+                      "--output", str(out), "--opts", "MODEL.WEIGHTS", weights, *TEST_SIZE])
+    files = ["anomaly.png", "panel.png", "score.npy", "score.png", "sem_seg.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}_{f}" for s in ("rgb", "gray") for f in files)
     assert np.load(out / "rgb_score.npy").shape == (40, 70)

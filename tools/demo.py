@@ -97,14 +97,24 @@ def main(argv: Sequence[str] = None) -> int:
     os.makedirs(args.output, exist_ok=True)
     class_dim = 0
     score_names = set()
+    unreadable = []
     for path, stem in zip(tqdm(images, desc="demo", unit="image"), output_stems(images)):
-        image = read_rgb_image(str(path))
+        try:
+            image = read_rgb_image(str(path))
+        except ValueError as error:  # one bad frame does not cost the others; named at the end
+            logger.error("%s", error)
+            unreadable.append(str(error))
+            continue
         output = predictor(image, file_name=str(path))
         class_ids = output["sem_seg"].argmax(dim=class_dim).cpu().numpy()
         write_prediction_files(args.output, stem, image, class_ids, output["anomaly"], predictor.palette,
                                score_formats=args.score_format)
         score_names.add(output["anomaly_name"])
-    logger.info("%d images -> %s (anomaly score: %s)", len(images), args.output, ", ".join(sorted(score_names)))
+    logger.info("%d images -> %s (anomaly score: %s)", len(images) - len(unreadable), args.output,
+                ", ".join(sorted(score_names)))
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} of {len(images)} images could not be read (the others were written):\n  "
+                         + "\n  ".join(unreadable))
     return 0
 
 
