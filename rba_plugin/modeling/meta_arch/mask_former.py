@@ -1,7 +1,6 @@
 """The Mask2Former meta-architecture for semantic segmentation."""
 from __future__ import annotations
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -17,12 +16,11 @@ from ...config import check_config
 from ...utils.finite import check_finite_outputs
 from ..batching import forward_by_padded_size
 from ..criterion import build_set_criterion
-from ..freeze import freeze_except, trainable_parameter_count
+from ..freeze import freeze_except
 from ..ood.scorer import AnomalyScorer
 
 __all__ = ["MaskFormer", "semantic_scores", "rba_trainable_prefixes"]
 
-logger = logging.getLogger(__name__)
 
 _PREDICTOR = "sem_seg_head.predictor"
 _OOD_PRED = f"{_PREDICTOR}.ood_pred"  # DenseHybrid's outlier head (RbA's key)
@@ -141,12 +139,7 @@ class MaskFormer(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.trainable_prefixes = None if trainable_prefixes is None else list(trainable_prefixes)
         if self.trainable_prefixes is not None:
-            freeze_except(self, self.trainable_prefixes)
-            trainable, total = trainable_parameter_count(self)
-            logger.info(
-                "Fine-tuning %d of %d parameters (%.4f %%): %s; every other module is frozen in eval mode.",
-                trainable, total, 100.0 * trainable / max(total, 1), ", ".join(self.trainable_prefixes),
-            )
+            freeze_except(self, self.trainable_prefixes)  # the trainer logs what trains
 
     @classmethod
     def from_config(cls, cfg):

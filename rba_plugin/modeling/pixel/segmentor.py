@@ -1,7 +1,6 @@
 """``PixelOODSegmentor``: a per-pixel segmentation network plus a per-pixel OOD method."""
 from __future__ import annotations
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 from ...config import check_config, declare_key, register_config_group
 from ...utils.finite import check_finite_outputs
 from ..batching import forward_by_padded_size
-from ..freeze import freeze_except, trainable_parameter_count
+from ..freeze import freeze_except
 from ..loss_terms import LossTerm, PixelTargets, build_loss_terms, check_term_inputs
 from ..ood.scorer import AnomalyScorer
 from ..official_keys import OfficialKeyLayout
@@ -24,7 +23,6 @@ from .method_base import ExtraImages, PixelOODMethod, build_pixel_ood_method
 
 __all__ = ["PixelOODSegmentor", "add_pixel_ood_config"]
 
-logger = logging.getLogger(__name__)
 
 
 @register_config_group
@@ -103,10 +101,7 @@ class PixelOODSegmentor(nn.Module):
         if self.trainable_prefixes is not None:
             # The method's own flag selects its training outputs (PEBAL's official abstention row
             # lives in the head, leaving the method without parameters): it follows train().
-            freeze_except(self, self.trainable_prefixes, follow_mode=("ood_method",))
-            trainable, total = trainable_parameter_count(self)
-            logger.info("%s trains %d of %d parameters: %s", type(ood_method).__name__, trainable, total,
-                        ", ".join(self.trainable_prefixes))
+            freeze_except(self, self.trainable_prefixes, follow_mode=("ood_method",))  # the trainer logs it
 
     @classmethod
     def from_config(cls, cfg):
