@@ -112,6 +112,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     )
     if not groups:
         raise ValueError(f"{type(model).__name__}: the model has no trainable parameter (everything is frozen)")
+    # Logged here, where training starts, rather than where a model freezes itself (evaluation
+    # and the tools build the same model).
+    prefixes = getattr(model, "trainable_prefixes", None)
+    if prefixes is not None:
+        trainable = sum(p.numel() for group in groups for p in group["params"])
+        total = sum(p.numel() for p in model.parameters())
+        logger.info("Fine-tuning %d of %d parameters (%.4f %%): %s; every other module is frozen in eval mode.",
+                    trainable, total, 100.0 * trainable / max(total, 1), ", ".join(prefixes))
     name = solver.OPTIMIZER.upper()
     if name == "SGD":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": solver.MOMENTUM, "nesterov": solver.NESTEROV}

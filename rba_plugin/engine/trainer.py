@@ -21,7 +21,6 @@ from detectron2.utils.logger import setup_logger
 from ..config import check_config
 from ..data.dataset_mappers import build_test_mapper, build_train_mapper
 from ..data.image_io import read_label
-from ..modeling.freeze import trainable_parameter_count
 from .checkpoint import SafeCheckpointer
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_optimizer
@@ -63,16 +62,6 @@ def read_label_array(path: str, copy: bool = False, dtype=None):
     return label if dtype is None else label.astype(dtype)
 
 
-def _log_trainable(model: torch.nn.Module) -> None:
-    # Here rather than where the model freezes itself: evaluation and the tools build the same
-    # model, and "fine-tuning" there only confused readers of their logs.
-    prefixes = getattr(model, "trainable_prefixes", None)
-    if prefixes is not None:
-        trainable, total = trainable_parameter_count(model)
-        logger.info("Fine-tuning %d of %d parameters (%.4f %%): %s; every other module is frozen in eval mode.",
-                    trainable, total, 100.0 * trainable / max(total, 1), ", ".join(prefixes))
-
-
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the plugin's optimizer, poly LR, training mappers and evaluators.
 
@@ -90,7 +79,6 @@ class Trainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
-        _log_trainable(model)
         optimizer = self.build_optimizer(cfg, model)
         # A model may need extra training inputs (e.g. RPL's raw outlier images for CoroCL).
         data_loader = self.build_train_loader(cfg, extra_inputs=getattr(model, "extra_training_inputs", ()))
