@@ -1,5 +1,6 @@
 """OODEvaluator: results equal AnomalyMetrics / hand-computed mIoU, files written, distributed == single."""
 import json
+import logging
 import os
 import uuid
 
@@ -12,6 +13,7 @@ from detectron2.data import DatasetCatalog
 from rba_plugin.config import get_cfg
 from rba_plugin.data import register_anomaly_dataset
 from rba_plugin.evaluation import AnomalyMetrics, OODEvaluator
+from rba_plugin.utils.tables import format_number
 
 H, W, NUM_FRAMES = 24, 32, 6
 
@@ -212,3 +214,27 @@ def test_two_processes_equal_one(tmp_path, protocol):
     assert dist.keys() == single.keys()
     for key in single:
         assert dist[key] == pytest.approx(single[key], nan_ok=True, rel=1e-12), key
+
+
+def test_the_log_shows_one_table_row_per_score_with_the_results(tmp_path):
+    name = make_dataset(str(tmp_path / "data"))
+    evaluator = OODEvaluator(name, output_dir=str(tmp_path / "out"), distributed=False)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    evaluator._logger.addHandler(handler)
+    level = evaluator._logger.level
+    evaluator._logger.setLevel(logging.INFO)
+    try:
+        results = run_evaluator(evaluator, DatasetCatalog.get(name))[name]
+    finally:
+        evaluator._logger.removeHandler(handler)
+        evaluator._logger.setLevel(level)
+    table = [m for m in messages if m.startswith(f"OOD results on {name} (percent, protocol exact; closed-set mIoU")]
+    assert len(table) == 1
+    lines = table[0].splitlines()
+    assert lines[1] == "| score | AP | FPR95 | AUROC | sIoU | PPV | mean_F1 |"
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[3:])}
+    for score, prefix in (("ood_score", ""), ("other", "other/")):
+        expected = [format_number(results[prefix + k]) for k in ("AP", "FPR95", "AUROC", "sIoU", "PPV", "mean_F1")]
+        assert rows[score] == expected

@@ -19,6 +19,7 @@ from detectron2.utils import comm
 from ..config import check_config
 from ..data.anomaly_datasets import load_anomaly_label, load_sem_seg_label
 from ..utils.atomic_write import atomic_open
+from ..utils.tables import markdown_table
 from .anomaly_metrics import PROTOCOLS, AnomalyMetrics, to_numpy
 from .components import TRACK_SIZE_FILTERS, ComponentStats
 from .curves import write_curves
@@ -35,6 +36,8 @@ UNKNOWN_MASK = "unknown_mask"
 # Reported in percent, like Detectron2's mIoU and the benchmark tables.
 _PERCENT_KEYS = {"AP", "AUROC", "FPR95", "pixel_F1", "sIoU", "PPV", "mean_F1", "F1_25", "F1_50", "F1_75"}
 _UNKNOWN_IOU_KEY = "unknown_IoU"
+# Columns of the logged table (the JSON holds every metric).
+_TABLE_KEYS = ("AP", "FPR95", "AUROC", "sIoU", "PPV", "mean_F1")
 
 
 class OODEvaluator(DatasetEvaluator):
@@ -274,10 +277,21 @@ class OODEvaluator(DatasetEvaluator):
             results[_UNKNOWN_IOU_KEY] = unknown_iou
         if has_sem_seg:
             results.update(self._miou(confusion))
+        self._log_table(per_score, results.get("mIoU"))
         self._write_outputs({name: result.curves for name, result in pixel.items() if result.curves is not None},
                             per_score, results)
         self.reset()
         return OrderedDict({self.dataset_name: results})
+
+    def _log_table(self, per_score: Dict[str, Dict[str, float]], miou: Optional[float]) -> None:
+        # One row per score, readable in the log (Detectron2's CSV line runs all scores together).
+        metrics = [k for k in _TABLE_KEYS if any(k in values for values in per_score.values())]
+        rows = [[name] + [100.0 * values[k] if k in _PERCENT_KEYS else values[k] for k in metrics]
+                for name, values in per_score.items()]
+        table = markdown_table(["score"] + metrics, rows)
+        closed = "" if miou is None else f"; closed-set mIoU {miou:.2f}"
+        self._logger.info("OOD results on %s (percent, protocol %s%s):\n%s", self.dataset_name, self.protocol,
+                          closed, table)
 
     def _miou(self, confusion: np.ndarray) -> Dict[str, float]:
         """mIoU as Detectron2's SemSegEvaluator computes it (:func:`mean_iou`) and the IoU of each
