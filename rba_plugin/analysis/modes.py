@@ -13,9 +13,9 @@ its clusters on the frequent classes).
 k-means is scikit-learn's ``KMeans`` (k-means++, ``n_init`` restarts, ``random_state`` = the
 seed) fitted on a random sample of pixels (``samples_per_image`` per image, uniform over the
 non-void pixels, NumPy's ``default_rng(seed)``), then applied to every pixel. Clusters are
-renumbered by their centre's largest vote, ascending, and each gets the name of the nearest
-idealised pattern (:func:`mode_patterns`; with k = 4 a one-to-one assignment minimising the total
-distance): a reading aid, not a result.
+renumbered by their centre's largest vote, ascending, and each gets the name of its nearest
+idealised pattern (:func:`mode_patterns`; two clusters may share a name, and a pattern no cluster
+is near is absent from the model): a reading aid, not a result.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
 from ..modeling.meta_arch.mask_former import MaskFormer
@@ -113,14 +112,10 @@ class VoteModes:
 
 
 def _nearest_pattern_names(centers: np.ndarray) -> List[str]:
+    # Each cluster independently: forcing the four names onto four clusters labelled a cluster
+    # "no votes" on a model where no such mode exists (every pixel got one vote near 1).
     patterns = mode_patterns(centers.shape[1])
     distance = np.linalg.norm(centers[:, None, :] - patterns[None, :, :], axis=-1)  # k x 4
-    if len(centers) == len(patterns):
-        rows, cols = linear_sum_assignment(distance)
-        names = [""] * len(centers)
-        for r, c in zip(rows, cols):
-            names[r] = MODE_NAMES[c]
-        return names
     return [MODE_NAMES[i] for i in distance.argmin(1)]
 
 
