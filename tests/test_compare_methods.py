@@ -151,3 +151,9 @@ def test_tool_runs_one_pixel_method_for_real(tmp_path_factory):
     raml_dir = str(out / "runs" / "pixel_raml")
     assert raml_dir in (out / "runs" / "pixel_raml" / "log.txt").read_text()
     assert raml_dir not in (out / "runs" / "pixel_closed_set_maxlogit" / "log.txt").read_text()
+    # --resume evaluates finished runs again without training them: same checkpoints, same table
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model_final.pth")}
+    again = tool.main(["--output", str(out), "--methods", "pixel_raml", "--base-iters", "2", "--iters", "1", "--resume",
+                       "--ood-dataset", f"{prefix}_anomaly", "--miou-dataset", f"{prefix}_val", "--opts", *opts])
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model_final.pth")} == stamps
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in outcome["rows"]]

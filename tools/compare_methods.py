@@ -17,6 +17,7 @@ rba_plugin.engine.Trainer, as in tools/train_net.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -30,12 +31,14 @@ from rba_plugin.experiments.runs import evaluate_run, isolated_logging, load_run
 
 
 def train_and_evaluate(entry: MethodEntry, config_file: str, opts: List[str], ood_dataset: str,
-                       miou_dataset: Optional[str]) -> Mapping[str, Mapping]:
+                       miou_dataset: Optional[str], resume: bool = False) -> Mapping[str, Mapping]:
     """Trains ``entry`` (unless ``entry.train`` is False: then loads MODEL.WEIGHTS) without
-    evaluating, then evaluates on the OOD (and mIoU) datasets; ``{dataset: results}``."""
+    evaluating, then evaluates on the OOD (and mIoU) datasets; ``{dataset: results}``. With
+    ``resume``, training continues from the run folder's last checkpoint (a finished run is not
+    trained again)."""
     with isolated_logging():
         cfg = setup_run(config_file, [*opts, "DATASETS.TEST", "()"])  # no evaluation inside training
-        model = train_run(cfg) if entry.train else load_run_model(cfg)
+        model = train_run(cfg, resume=resume) if entry.train else load_run_model(cfg)
         return evaluate_run(cfg, model, [d for d in (miou_dataset, ood_dataset) if d])
 
 
@@ -51,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ood-dataset", default="synthcity_anomaly")
     parser.add_argument("--miou-dataset", default="synthcity_val", help="'' = mIoU from the OOD dataset's labels")
     parser.add_argument("--rank-by", default="AP")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted comparison (same options and --output): each run resumes from "
+                             "its last checkpoint, finished runs are only evaluated")
     parser.add_argument("--list", action="store_true", help="print the method table and exit")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for every run")
     return parser.parse_args(argv)
@@ -88,7 +94,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--opts needs KEY VALUE pairs, got {args.opts}")
     return run_comparison(
         select_methods(args.methods),
-        train_and_evaluate,
+        functools.partial(train_and_evaluate, resume=args.resume),
         repo_root=str(REPO_ROOT),
         out_dir=args.output,
         budget=budget,
