@@ -1,13 +1,18 @@
-"""A tiny synthetic benchmark and config overrides for end-to-end runs of the per-pixel branch."""
+"""A tiny synthetic benchmark, config overrides, the tools as modules and random checkpoints, for
+end-to-end runs."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 from typing import List
 
+import torch
 from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 
+from rba_plugin.config import get_cfg
 from rba_plugin.data.synthetic import SynthCityParams, register_synthcity
+from rba_plugin.engine import SafeCheckpointer
 
 from .conftest import REPO_ROOT
 
@@ -44,3 +49,12 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def random_checkpoint(folder: Path, config_file: str, seed: int = 0) -> str:
+    """``folder/model_final.pth`` of the model of ``config_file`` with weights drawn under ``seed``."""
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    torch.manual_seed(seed)
+    SafeCheckpointer(build_model(cfg), str(folder)).save("model_final")
+    return str(folder / "model_final.pth")

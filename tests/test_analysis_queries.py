@@ -2,7 +2,6 @@
 masking, k-means modes of the class scores and per-query votes, on hand-built outputs and on a
 randomly initialised tiny Mask2Former (the synthetic benchmark's R18 config)."""
 import copy
-import importlib.util
 import json
 import math
 import uuid
@@ -32,21 +31,14 @@ from rba_plugin.analysis import (
 from rba_plugin.analysis.modes import ANOMALY, BOUNDARY, INLIER, VOID, ModeStatistics
 from rba_plugin.config import get_cfg
 from rba_plugin.data.anomaly_datasets import load_anomaly_label
-from rba_plugin.engine import SafeCheckpointer
 
 from .conftest import REPO_ROOT
-from .pixel_e2e_utils import register_tiny_synthcity
+from .pixel_e2e_utils import load_tool, random_checkpoint, register_tiny_synthcity
 
 CONFIG = str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl.yaml")
 PIXEL_CONFIG = str(REPO_ROOT / "configs/synthcity/pixel/closed_set.yaml")
 TEST_SIZE = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0"]
 
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("analyze_queries", REPO_ROOT / "tools" / "analyze_queries.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -316,16 +308,11 @@ def synthcity(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    torch.manual_seed(0)
-    SafeCheckpointer(build_model(cfg), str(folder)).save("model_final")
-    return str(folder / "model_final.pth")
+    return random_checkpoint(tmp_path_factory.mktemp("model"), CONFIG)
 
 
 def _run(analysis, *args, weights):
-    return _tool().main([analysis, "--config-file", CONFIG, *args, "MODEL.WEIGHTS", weights, *TEST_SIZE])
+    return load_tool("analyze_queries").main([analysis, "--config-file", CONFIG, *args, "MODEL.WEIGHTS", weights, *TEST_SIZE])
 
 
 def _read(path):
@@ -406,6 +393,6 @@ def test_tool_refuses_bad_inputs_naming_them(synthcity, weights, tmp_path):
     with pytest.raises(ValueError, match=r"number of clusters must be in \[1, 20\], got 0"):
         _run("modes", "--dataset", f"{synthcity}_anomaly", "--output", out, "--clusters", "0", weights=weights)
     with pytest.raises(ValueError, match=r"MODEL.META_ARCHITECTURE 'PixelOODSegmentor': .* has no object queries"):
-        _tool().main(["specialization", "--config-file", PIXEL_CONFIG, "--dataset", f"{synthcity}_val",
+        load_tool("analyze_queries").main(["specialization", "--config-file", PIXEL_CONFIG, "--dataset", f"{synthcity}_val",
                       "--output", out, "MODEL.WEIGHTS", weights])
     assert not (tmp_path / "out").exists()  # every refusal came before anything was written

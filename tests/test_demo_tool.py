@@ -1,40 +1,27 @@
 """tools/demo.py on a randomly initialised tiny Mask2Former: files per image, values against
 Detectron2's DefaultPredictor, grayscale / RGBA / 16-bit inputs, bad inputs."""
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
 from PIL import Image
 
 from rba_plugin.config import get_cfg
 from rba_plugin.data import CITYSCAPES_STUFF_COLORS
-from rba_plugin.engine import SafeCheckpointer
 from rba_plugin.utils.prediction_files import read_score_png16
 
 from .conftest import REPO_ROOT
+from .pixel_e2e_utils import load_tool, random_checkpoint
 
 CONFIG = str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl.yaml")
 TEST_SIZE = ("INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128")
 
 
-def _demo():
-    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    torch.manual_seed(0)
-    SafeCheckpointer(build_model(cfg), str(folder)).save("model_final")
-    return str(folder / "model_final.pth")
+    return random_checkpoint(tmp_path_factory.mktemp("model"), CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +56,7 @@ def _reference_outputs(weights, images):
 def test_demo_writes_every_file_with_the_model_values(weights, inputs, tmp_path):
     folder, images = inputs
     out = tmp_path / "out"
-    assert _demo().main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out),
+    assert load_tool("demo").main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out),
                          "--opts", "MODEL.WEIGHTS", weights, *TEST_SIZE]) == 0
     reference = _reference_outputs(weights, images)
     palette = np.array(CITYSCAPES_STUFF_COLORS, np.uint8)
@@ -93,7 +80,7 @@ def test_demo_writes_every_file_with_the_model_values(weights, inputs, tmp_path)
 
 def test_named_score_is_computed_from_class_scores(weights, inputs, tmp_path):
     folder, images = inputs
-    assert _demo().main(["--config-file", CONFIG, "--input", str(folder / "rgb.png"), "--output", str(tmp_path),
+    assert load_tool("demo").main(["--config-file", CONFIG, "--input", str(folder / "rgb.png"), "--output", str(tmp_path),
                          "--score", "msp", "--score-format", "npy", "--opts", "MODEL.WEIGHTS", weights, *TEST_SIZE]) == 0
     sem = _reference_outputs(weights, {"rgb": images["rgb"]})["rgb"]
     expected = -torch.softmax(sem, 0).max(0).values.numpy()
@@ -105,7 +92,7 @@ def test_unknown_score_fails_before_writing_anything(weights, inputs, tmp_path):
     folder, _ = inputs
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"unknown anomaly score 'nope'; known scores: .*rba"):
-        _demo().main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out), "--score", "nope",
+        load_tool("demo").main(["--config-file", CONFIG, "--input", str(folder), "--output", str(out), "--score", "nope",
                       "--opts", "MODEL.WEIGHTS", weights])
     assert not out.exists()
 
@@ -116,7 +103,7 @@ def test_corrupt_image_is_named_and_the_others_are_written_whole(weights, inputs
     bad.write_bytes((folder / "rgb.png").read_bytes()[:60])
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=f"1 of 3 images could not be read .*\n  cannot read image {bad}"):
-        _demo().main(["--config-file", CONFIG, "--input", str(folder / "rgb.png"), str(bad), str(folder / "gray.png"),
+        load_tool("demo").main(["--config-file", CONFIG, "--input", str(folder / "rgb.png"), str(bad), str(folder / "gray.png"),
                       "--output", str(out), "--opts", "MODEL.WEIGHTS", weights, *TEST_SIZE])
     files = ["anomaly.png", "panel.png", "score.npy", "score.png", "sem_seg.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}_{f}" for s in ("rgb", "gray") for f in files)

@@ -1,40 +1,26 @@
 """tools/export_model.py and the predictor of an exported file: ``ExportedPredictor`` (and
 ``tools/demo.py --onnx`` / ``--torchscript``) give ``AnomalyPredictor``'s outputs, test-time resize
 included, from the file alone."""
-import importlib.util
 
 import numpy as np
 import pytest
-import torch
-from detectron2.modeling import build_model
 
-from rba_plugin.config import get_cfg, load_config, set_anomaly_scores
-from rba_plugin.engine import SafeCheckpointer
+from rba_plugin.config import load_config, set_anomaly_scores
 from rba_plugin.engine.predictor import AnomalyPredictor
 from rba_plugin.export import ExportedPredictor
 
 from .conftest import REPO_ROOT
+from .pixel_e2e_utils import load_tool, random_checkpoint
 
 CONFIG = str(REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl.yaml")
 TEST_SIZE = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
 ATOL = 1e-4
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    torch.manual_seed(0)
-    SafeCheckpointer(build_model(cfg), str(folder)).save("model_final")
-    return str(folder / "model_final.pth")
+    return random_checkpoint(tmp_path_factory.mktemp("model"), CONFIG)
 
 
 @pytest.fixture(scope="module", params=["onnx", pytest.param("torchscript", marks=pytest.mark.slow)])
@@ -43,7 +29,7 @@ def exported(request, weights, tmp_path_factory):
     # Overrides after --score, as in the tool's usage line: they must not be taken for scores.
     argv = ["--config-file", CONFIG, "--format", request.param, "--output", path, "--sample-size", "64", "96",
             "--score", "rba", "msp", "MODEL.WEIGHTS", weights, *TEST_SIZE]
-    assert _tool("export_model").main(argv) == 0
+    assert load_tool("export_model").main(argv) == 0
     return request.param, path
 
 
@@ -53,11 +39,11 @@ def image():
 
 
 def test_tool_splits_trailing_overrides_from_scores():
-    args = _tool("export_model").parse_args(
+    args = load_tool("export_model").parse_args(
         ["--config-file", "c.yaml", "--format", "onnx", "--output", "m.onnx", "--score", "rba", "msp",
          "MODEL.WEIGHTS", "w.pth", "INPUT.FORMAT", "BGR"])
     assert args.score == ["rba", "msp"] and args.opts == ["MODEL.WEIGHTS", "w.pth", "INPUT.FORMAT", "BGR"]
-    args = _tool("export_model").parse_args(["--config-file", "c", "--format", "torchscript", "--output", "m",
+    args = load_tool("export_model").parse_args(["--config-file", "c", "--format", "torchscript", "--output", "m",
                                              "MODEL.WEIGHTS", "w"])
     assert args.score is None and args.opts == ["MODEL.WEIGHTS", "w"]
 
@@ -90,7 +76,7 @@ def test_demo_runs_the_exported_file_like_the_model(exported, weights, image, tm
 
     fmt, path = exported
     Image.fromarray(image).save(tmp_path / "img.png")
-    demo = _tool("demo")
+    demo = load_tool("demo")
     assert demo.main([f"--{fmt}", path, "--input", str(tmp_path / "img.png"), "--output", str(tmp_path / "x"),
                       "--score", "msp", "--score-format", "npy"]) == 0
     assert demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "img.png"), "--output", str(tmp_path / "p"),
@@ -104,12 +90,12 @@ def test_demo_runs_the_exported_file_like_the_model(exported, weights, image, tm
 
 def test_tool_refuses_a_model_without_weights(tmp_path):
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
-        _tool("export_model").main(["--config-file", CONFIG, "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+        load_tool("export_model").main(["--config-file", CONFIG, "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
     assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_tool_refuses_a_negative_tolerance_before_exporting(value, capsys):
     with pytest.raises(SystemExit):
-        _tool("export_model").parse_args(["--config-file", "c.yaml", "--output", "m.onnx", "--tolerance", value])
+        load_tool("export_model").parse_args(["--config-file", "c.yaml", "--output", "m.onnx", "--tolerance", value])
     assert "--tolerance: must be a number >= 0" in capsys.readouterr().err
