@@ -121,12 +121,6 @@ class TorchvisionResNet(Backbone):
                 outputs[stage] = x
         return outputs
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-            for name in self._out_features
-        }
-
 
 @BACKBONE_REGISTRY.register()
 def build_torchvision_resnet_backbone(cfg, input_shape: ShapeSpec) -> TorchvisionResNet:

@@ -224,12 +224,6 @@ class WiderResNetA2(Backbone):
                 outputs[name] = x
         return outputs
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-            for name in self._out_features
-        }
-
 
 @BACKBONE_REGISTRY.register()
 def build_wider_resnet_backbone(cfg, input_shape: ShapeSpec) -> WiderResNetA2:
