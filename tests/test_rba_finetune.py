@@ -173,6 +173,41 @@ def test_densehybrid_finetuning_trains_its_head_too():
     assert head and changed - head <= {k for k in model.state_dict() if k.startswith(TRAINABLE)}
 
 
+DENSEHYBRID = REPO_ROOT / "configs/synthcity/mask2former/maskformer2_R18_1dl_densehybrid_finetune.yaml"
+
+
+def test_densehybrid_recipe_matches_rbas_code():
+    """The trainable set and the loss list of DenseHybrid inside Mask2Former are those of RbA's
+    code (NazirNayal8/RbA @ cf263d5):
+
+    * ``train_net.py`` lines 242-263 (``build_optimizer``): FREEZE_BACKBONE and
+      FREEZE_PIXEL_DECODER freeze those modules; FREEZE_TRANSFORMER_DECODER_EXCEPT_MLP_AND_OOD_PRED
+      freezes every parameter of ``sem_seg_head.predictor`` whose name holds none of
+      ``class_embed``, ``mask_embed``, ``ood_pred`` (query features and embeddings, level
+      embedding, decoder norm, attention and FFN layers stay frozen);
+    * ``mask2former/maskformer_model.py`` lines 164-169: DENSE_HYBRID_LOSS sets
+      ``losses = ["densehybrid"]``, replacing Mask2Former's labels and masks losses;
+    * ``mask2former/modeling/criterion.py`` lines 612-618: the densehybrid loss is skipped on the
+      auxiliary outputs, so with it alone nothing trains on them;
+    * ``mask2former/modeling/transformer_decoder/mask2former_transformer_decoder.py`` line 366:
+      the head ``ood_pred`` (BatchNorm, ReLU, 1x1 conv with bias) on the mask features.
+    """
+    cfg = small_cfg(DENSEHYBRID)
+    model = Trainer.build_model(cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    predictor = "sem_seg_head.predictor."
+    official = {n for n, _ in model.named_parameters() if n.startswith(predictor)
+                and any(k in n[len(predictor):] for k in ("class_embed", "mask_embed", "ood_pred"))}
+    assert trainable == official
+    assert {n.split(".")[2] for n in trainable} == {"class_embed", "mask_embed", "ood_pred"}
+    assert {n for n in trainable if "ood_pred" in n} == {
+        f"{predictor}ood_pred.{m}" for m in ("norm.weight", "norm.bias", "conv.weight", "conv.bias")}
+    criterion = model.criterion
+    assert criterion.losses == [] and [type(t).__name__ for t in criterion.terms] == ["MaskFormerDenseHybridLoss"]
+    assert set(criterion.weight_dict) == {"loss_dh_ce", "loss_dh_outlier", "loss_dh_density"}  # no aux term
+
+
+
 def test_release_config_trains_0_21_percent_of_swin_b(reference_dir):
     cfg = get_cfg()
     cfg.merge_from_file(str(reference_dir / "rba_release_configs/swin_b_1dl_rba_ood_coco.yaml"))
