@@ -412,6 +412,9 @@ def add_rba_config(cfg: CfgNode) -> None:
     cfg.MODEL.MASK_FORMER.DENSE_HYBRID_HEAD_KERNEL = 1
     # (ours) "official" (RbA's loss_densehybrid) or "paper" (appendix C.3: +sg, head CE on non-void).
     cfg.MODEL.MASK_FORMER.DENSE_HYBRID_FORM = "official"
+    # (ours) DenseHybrid inside Mask2Former: False = RbA's code (its loss replaces Mask2Former's
+    # class / mask / dice losses); True keeps those beside it (docs/loss_fidelity.md).
+    cfg.MODEL.MASK_FORMER.DENSE_HYBRID_KEEP_MASK_LOSSES = False
     # (ours) PEBAL inside Mask2Former: "official" (RbA's loss_gambler / smoothness / sparsity, the
     # hinge through the outlier loss on the energy) or "paper" (appendix C.3, with PEBAL_M_IN /
     # PEBAL_M_OUT / PEBAL_ENERGY_WEIGHT).

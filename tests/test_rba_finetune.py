@@ -191,6 +191,8 @@ def test_densehybrid_recipe_matches_rbas_code():
       auxiliary outputs, so with it alone nothing trains on them;
     * ``mask2former/modeling/transformer_decoder/mask2former_transformer_decoder.py`` line 366:
       the head ``ood_pred`` (BatchNorm, ReLU, 1x1 conv with bias) on the mask features.
+
+    ``DENSE_HYBRID_KEEP_MASK_LOSSES`` (ours, off by default) keeps the Mask2Former losses beside it.
     """
     cfg = small_cfg(DENSEHYBRID)
     model = Trainer.build_model(cfg)
@@ -206,6 +208,11 @@ def test_densehybrid_recipe_matches_rbas_code():
     assert criterion.losses == [] and [type(t).__name__ for t in criterion.terms] == ["MaskFormerDenseHybridLoss"]
     assert set(criterion.weight_dict) == {"loss_dh_ce", "loss_dh_outlier", "loss_dh_density"}  # no aux term
 
+    kept = build_set_criterion(small_cfg(DENSEHYBRID, "MODEL.MASK_FORMER.DENSE_HYBRID_KEEP_MASK_LOSSES", "True"),
+                               19, ["class_scores", "outlier_logits"])
+    assert kept.losses == ["labels", "masks"]
+    assert {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_dh_ce"} <= set(kept.weight_dict)
+    assert "loss_dh_ce_0" not in kept.weight_dict
 
 
 def test_release_config_trains_0_21_percent_of_swin_b(reference_dir):

@@ -5,7 +5,9 @@ RbA's keys select it: ``MODEL.MASK_FORMER.DENSE_HYBRID_LOSS`` (which also adds t
 ``DENSE_HYBRID_BETA`` (beta2) and ``DENSE_HYBRID_WEIGHT`` (the factor of each of the three outputs);
 ours: ``DENSE_HYBRID_HEAD_WEIGHT`` (beta1; None = 10 x beta2 as RbA's code) and
 ``DENSE_HYBRID_FORM`` ("official": RbA's ``criterion.py`` ``loss_densehybrid``; "paper": appendix
-C.3, see :func:`rba_plugin.modeling.ood.losses.densehybrid_loss`).
+C.3, see :func:`rba_plugin.modeling.ood.losses.densehybrid_loss`) and
+``DENSE_HYBRID_KEEP_MASK_LOSSES`` (False, as RbA's code: the term replaces Mask2Former's class,
+mask and dice losses; True keeps them beside it, see ``docs/loss_fidelity.md``).
 """
 from __future__ import annotations
 
@@ -43,9 +45,13 @@ class MaskFormerDenseHybridLoss(LossTerm):
     form_key = "MODEL.MASK_FORMER.DENSE_HYBRID_FORM"  # named in errors
 
     @configurable
-    def __init__(self, *, beta1: float = 0.3, beta2: float = 0.03, weight: float = 1.0, form: str = "official"):
+    def __init__(self, *, beta1: float = 0.3, beta2: float = 0.03, weight: float = 1.0, form: str = "official",
+                 keep_mask_losses: bool = False):
         super().__init__()
         check_choice(self.form_key, form, ("official", "paper"))
+        # RbA's code replaces Mask2Former's class and mask losses by this one (the default);
+        # keep_mask_losses (ours) trains with both, as RbA's own fine-tune keeps them.
+        self.replaces_mask_losses = not keep_mask_losses
         self.beta1 = beta1
         self.beta2 = beta2
         self.form = form
@@ -56,7 +62,7 @@ class MaskFormerDenseHybridLoss(LossTerm):
         mf = cfg.MODEL.MASK_FORMER
         beta1 = 10.0 * mf.DENSE_HYBRID_BETA if mf.DENSE_HYBRID_HEAD_WEIGHT is None else mf.DENSE_HYBRID_HEAD_WEIGHT
         return {"beta1": beta1, "beta2": mf.DENSE_HYBRID_BETA, "weight": mf.DENSE_HYBRID_WEIGHT,
-                "form": mf.DENSE_HYBRID_FORM}
+                "form": mf.DENSE_HYBRID_FORM, "keep_mask_losses": mf.DENSE_HYBRID_KEEP_MASK_LOSSES}
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: PixelTargets) -> Dict[str, torch.Tensor]:
         return densehybrid_loss(
