@@ -11,7 +11,9 @@ from rba_plugin.modeling.pixel.contrastive import supcon_loss
 from rba_plugin.evaluation import UnknownIoU
 from rba_plugin.modeling.loss_terms import PixelTargets
 from rba_plugin.modeling.loss_terms.vca import VCACrossEntropy
-from rba_plugin.modeling.pixel.vca import PrototypeClassifier
+from rba_plugin.config import check_config, get_cfg
+from rba_plugin.modeling.pixel.vca import (PrototypeClassifier, class_embedding_sums, fit_open_set_scales,
+                                          loss_pixel_weights)
 from torch.nn import functional as F
 from tests.pixel_utils import state_snapshot, tiny_batch, tiny_pixel_cfg, train_steps
 
@@ -262,3 +264,212 @@ def test_vca_loss_counts_pasted_outliers_as_unknown():
     assert bool(out["unknown_mask"].all())
     assert torch.allclose(out["ood_score"], torch.ones_like(out["ood_score"]))
     assert out["sem_seg"].shape == (4, 64, 64)
+
+
+# ---------------------------------------------------------------- class-mean prototype init
+
+
+def _brute_force_class_stats(emb, labels, num_classes):
+    """Nearest-upsample the embeddings to the label size (as the loss upsamples the logits),
+    then per class: the mean embedding and the mean of |e - mu|^2 over its label pixels."""
+    up = F.interpolate(emb, size=labels.shape[-2:], mode="nearest")
+    flat = up.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+    lab = labels.reshape(-1)
+    out = {}
+    for k in range(num_classes):
+        pts = flat[lab == k]
+        if len(pts):
+            mu = pts.mean(dim=0)
+            out[k] = (mu, len(pts), ((pts - mu) ** 2).sum(dim=1).mean(), F.cosine_similarity(pts, mu[None]).mean())
+    return out
+
+
+@pytest.mark.parametrize("size", [(8, 12), (7, 10)])  # an exact stride of 4, and sizes it does not divide
+def test_class_embedding_sums_match_a_brute_force_mean(size):
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(2, 5, 2, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2,) + size, generator=g)
+    labels[0, :2] = 255  # void
+    labels[1, 3:5, 4:7] = 254  # pasted outliers
+    labels[1, 0, 0] = -1  # anything outside [0, C) counts for nothing
+    sums, counts = class_embedding_sums(emb, labels, num_classes=4)
+    want = _brute_force_class_stats(emb, labels, 4)
+    assert counts[3].item() == 0 and torch.equal(sums[3], torch.zeros(5, dtype=torch.float64))
+    for k, (mu, n, _, _) in want.items():
+        assert counts[k].item() == n
+        torch.testing.assert_close(sums[k] / counts[k], mu)
+    assert counts.sum().item() == ((labels >= 0) & (labels < 4)).sum().item()
+
+
+def _vca_model(**vca):
+    cfg = tiny_pixel_cfg("VCA")
+    for key, value in vca.items():
+        setattr(cfg.MODEL.VCA, key, value)
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def _eval_embeddings(model, batch):
+    """The classifier's input at inference, caught with a forward hook (N x D x h x w)."""
+    caught = []
+    handle = model.ood_method.classifier.register_forward_hook(lambda m, inp, out: caught.append(inp[0]))
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    handle.remove()
+    return torch.cat(caught)
+
+
+def test_loss_pixel_weights_reproduce_the_vca_loss():
+    # sum_pj w_pj (-log softmax(logits_p)_j) / sum w is VCACrossEntropy's nearest-upsampled loss.
+    g = torch.Generator().manual_seed(5)
+    for size, small in [((8, 12), (2, 3)), ((7, 10), (3, 4))]:
+        logits = torch.randn(2, 4, *small, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (2,) + size, generator=g)
+        labels[0, :2] = 255
+        labels[1, 2:4, 3:6] = 254
+        want = VCACrossEntropy(upsampling="nearest")({"open_set_logits": logits}, PixelTargets(labels))["loss_vca_ce"]
+        weights = loss_pixel_weights(labels.masked_fill(labels == 254, 3), small, 4)
+        flat = logits.permute(0, 2, 3, 1).reshape(-1, 4)
+        got = -(weights * flat.log_softmax(dim=1)).sum() / weights.sum()
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def test_fit_open_set_scales_recovers_the_generating_model():
+    # Labels drawn from softmax([-a_k s_pk, gamma]) with known a, gamma: the fit finds them.
+    g = torch.Generator().manual_seed(6)
+    scores = torch.rand(100000, 3, generator=g, dtype=torch.float64) * 4
+    a_true, gamma_true = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64), -1.0
+    logits = torch.cat([-scores * a_true, torch.full((len(scores), 1), gamma_true, dtype=torch.float64)], dim=1)
+    labels = torch.multinomial(logits.softmax(dim=1), 1, generator=g)[:, 0]
+    weights = F.one_hot(labels, 4).double()
+    a, gamma = fit_open_set_scales(scores, weights, torch.ones(3, dtype=torch.float64), 0.0)
+    torch.testing.assert_close(a, a_true, rtol=0.05, atol=0)
+    assert gamma == pytest.approx(gamma_true, abs=0.05)
+    # A scale not fitted keeps its value; the others adapt around it.
+    a_fixed, _ = fit_open_set_scales(scores, weights, torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), 0.0,
+                                     free=torch.tensor([True, True, False]))
+    assert a_fixed[2].item() == 1.0 and a_fixed[0].item() == pytest.approx(2.0, rel=0.05)
+    # No unknown pixel: gamma is not fitted (the loss would fall as gamma -> -inf) and stays.
+    known = labels < 3
+    a_known, kept = fit_open_set_scales(scores[known], weights[known], torch.ones(3, dtype=torch.float64), 0.25)
+    assert kept == 0.25 and torch.all(a_known > 0)
+
+
+def _loss_gradient_at(model, batches, names):
+    """d(VCA loss over ``batches``, eval-mode embeddings) / d(the classifier parameters ``names``)."""
+    clf = model.ood_method.classifier
+    model.eval()
+    caught = []
+    handle = clf.register_forward_hook(lambda m, inp, out: caught.append(out))
+    for b in batches:
+        model(b)
+    handle.remove()
+    labels = torch.cat([torch.stack([x["sem_seg"] for x in b]) for b in batches])
+    loss = VCACrossEntropy(upsampling="nearest")({"open_set_logits": torch.cat(caught)}, PixelTargets(labels))
+    return torch.autograd.grad(loss["loss_vca_ce"], [getattr(clf, n) for n in names])
+
+
+@pytest.mark.parametrize("variant", [{}, {"SIGMA_PARAMETRIZATION": "log"}, {"SQUARED_DISTANCE": True},
+                                     {"USE_NORM": True}])
+def test_class_mean_init_equals_brute_force_class_means_and_minimises_the_loss(variant):
+    model = _vca_model(PROTOTYPE_INIT="class_means", PROTOTYPE_INIT_BATCHES=2, **variant)
+    clf = model.ood_method.classifier
+    assert model.data_init_batches() == 2
+    batches = [tiny_batch(n=2, seed=s) for s in range(2)]
+    for b in batches:  # class 3 never appears: its prototype stays as initialised
+        for x in b:
+            x["sem_seg"][x["sem_seg"] == 3] = 255
+    sigma_name = "log_sigmas" if variant.get("SIGMA_PARAMETRIZATION") == "log" else "sigmas"
+    random_mean, random_sigma = clf.means[3].detach().clone(), getattr(clf, sigma_name)[3].item()
+    model.train()
+    model.initialize_from_data(batches)
+    assert model.training  # the mode is restored
+    emb = torch.cat([_eval_embeddings(model, b) for b in batches]).double()
+    labels = torch.cat([torch.stack([x["sem_seg"] for x in b]) for b in batches])
+    want = _brute_force_class_stats(emb, labels, 4)  # 254 and 255 are outside [0, 4): left out
+    assert sorted(want) == [0, 1, 2]
+    for k, (mu, _, _, _) in want.items():
+        torch.testing.assert_close(clf.means[k].double(), mu, rtol=1e-5, atol=1e-6)
+    assert torch.equal(clf.means[3], random_mean)
+    assert getattr(clf, sigma_name)[3].item() == random_sigma
+    # Scales and unknown logit minimise the model's own loss on these batches, means fixed: the
+    # gradient there is ~0, far below the one at the official random init.
+    grad_sigma, grad_unknown = _loss_gradient_at(model, batches, [sigma_name, "unknown_logit"])
+    assert grad_sigma[:3].abs().max().item() < 1e-3 and abs(grad_unknown.item()) < 1e-4
+    official = _vca_model(**variant)
+    official.load_state_dict({k: v for k, v in model.state_dict().items() if "classifier" not in k}, strict=False)
+    grad_official = _loss_gradient_at(official, batches, [sigma_name, "unknown_logit"])
+    assert grad_official[0][:3].abs().max().item() > 1e-2
+
+
+def test_class_mean_init_leaves_out_outlier_pixels():
+    # Moving every pasted outlier (254) to another image content must not change the means.
+    model = _vca_model(PROTOTYPE_INIT="class_means")
+    batch = tiny_batch(n=2, seed=4)
+    model.initialize_from_data([batch])
+    means = model.ood_method.classifier.means.detach().clone()
+    relabelled = [dict(x, sem_seg=x["sem_seg"].clone()) for x in batch]
+    for x in relabelled:
+        x["sem_seg"][x["sem_seg"] == 254] = 0  # the same pixels now count for class 0
+    model.initialize_from_data([relabelled])
+    changed = model.ood_method.classifier.means.detach()
+    assert not torch.allclose(changed[0], means[0])
+    torch.testing.assert_close(changed[1:], means[1:])
+
+
+def test_prototype_init_defaults_to_the_official_random_init():
+    cfg = get_cfg()
+    assert cfg.MODEL.VCA.PROTOTYPE_INIT == "random"
+    model = _vca_model()
+    assert model.ood_method.prototype_init == "random" and model.data_init_batches() == 0
+    # Only the synthetic config departs from the official recipe.
+    cityscapes = get_cfg()
+    cityscapes.merge_from_file("configs/cityscapes/pixel/d2_deeplab/vca_R101.yaml")
+    assert cityscapes.MODEL.VCA.PROTOTYPE_INIT == "random"
+    synthetic = get_cfg()
+    synthetic.merge_from_file("configs/synthcity/pixel/vca.yaml")
+    assert synthetic.MODEL.VCA.PROTOTYPE_INIT == "class_means"
+
+
+def test_prototype_init_options_are_checked():
+    cfg = tiny_pixel_cfg("VCA")
+    cfg.MODEL.VCA.PROTOTYPE_INIT = "kmeans"
+    with pytest.raises(ValueError, match="MODEL.VCA.PROTOTYPE_INIT"):
+        check_config(cfg)
+    cfg = tiny_pixel_cfg("VCA")
+    cfg.MODEL.VCA.PROTOTYPE_INIT_BATCHES = 0
+    with pytest.raises(ValueError, match="MODEL.VCA.PROTOTYPE_INIT_BATCHES"):
+        check_config(cfg)
+
+
+def test_loaded_prototypes_are_not_reinitialised():
+    trained = _vca_model()
+    model = _vca_model(PROTOTYPE_INIT="class_means", PROTOTYPE_INIT_BATCHES=3)
+    assert model.data_init_batches() == 3
+    model.load_state_dict(state_snapshot(trained))  # e.g. resuming: the checkpoint holds them
+    assert model.data_init_batches() == 0
+
+
+def test_trainer_hook_hands_the_asked_batches_to_the_model():
+    from types import SimpleNamespace
+
+    from rba_plugin.engine.trainer import DataInitHook
+
+    model = _vca_model(PROTOTYPE_INIT="class_means", PROTOTYPE_INIT_BATCHES=2)
+    stream = (tiny_batch(n=1, seed=s) for s in range(100))
+    built, seen = [], []
+
+    def build_loader(cfg, extra_inputs=()):
+        built.append(cfg)
+        return stream
+
+    model.ood_method.initialize_from_data = lambda head, batches: seen.extend(batches)
+    hook = DataInitHook(build_loader)
+    hook.trainer = SimpleNamespace(model=model, cfg="CFG")
+    hook.before_train()
+    assert built == ["CFG"] and len(seen) == 2
+    # A model that asks for nothing (the official init) gets no loader built.
+    hook.trainer = SimpleNamespace(model=_vca_model(), cfg="CFG")
+    hook.before_train()
+    assert len(built) == 1

@@ -4,14 +4,15 @@ whatever depends on the model (what trains, learning-rate factors, extra trainin
 asked of the model itself."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import weakref
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, create_ddp_model
+from detectron2.engine import DefaultTrainer, HookBase, create_ddp_model
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
@@ -25,7 +26,7 @@ from .checkpoint import SafeCheckpointer
 from .finite_loss import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "build_evaluator"]
+__all__ = ["Trainer", "DataInitHook", "build_evaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,27 @@ def read_label_array(path: str, copy: bool = False, dtype=None):
     return label if dtype is None else label.astype(dtype)
 
 
+class DataInitHook(HookBase):
+    """Before training starts: if the model asks for ``data_init_batches() > 0`` training batches,
+    hands that many batches of a separate training loader (the training stream is left as it is)
+    to ``model.initialize_from_data``. Models without these methods are left alone; a model
+    decides itself whether it still needs the data (VCA does not once its prototypes were loaded
+    from a checkpoint, e.g. when resuming)."""
+
+    def __init__(self, build_train_loader: Callable[..., Iterable]):
+        self._build_train_loader = build_train_loader
+
+    def before_train(self):
+        model = getattr(self.trainer.model, "module", self.trainer.model)  # DDP-wrapped
+        wanted = model.data_init_batches() if callable(getattr(model, "data_init_batches", None)) else 0
+        if wanted <= 0:
+            return
+        cfg = self.trainer.cfg
+        loader = self._build_train_loader(cfg, extra_inputs=getattr(model, "extra_training_inputs", ()))
+        logger.info("Initialising %s from %d training batches before the first step", type(model).__name__, wanted)
+        model.initialize_from_data(itertools.islice(iter(loader), wanted))
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the plugin's optimizer, poly LR, training mappers and evaluators.
 
@@ -96,6 +118,11 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        # First: a model that initialises parameters from training data does so before anything
+        # else sees it (e.g. VCA's class-mean prototypes).
+        return [DataInitHook(self.build_train_loader)] + super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -11,6 +11,9 @@ declares, as data, everything the rest of the plugin needs of it:
   :data:`rba_plugin.modeling.loss_terms.LOSS_TERM_REGISTRY`), which read its training outputs
   (``training_outputs``, checked against the terms' inputs when the model is built);
 * what trains (``trainable_prefixes``) and at which learning-rate factor (``lr_factors``);
+* whether it initialises parameters from training data before the first step
+  (``data_init_batches`` > 0, then ``initialize_from_data``; the trainer calls it through
+  :meth:`PixelOODSegmentor.initialize_from_data`, e.g. VCA's class-mean prototypes);
 * extra training inputs (``extra_inputs``, e.g. CoroCL's raw outlier images), which the
   training mapper provides and the segmentor runs through the backbone;
 * whether its inference can be exported as a graph (``not_exportable``: None, or the reason, which
@@ -21,7 +24,7 @@ uses the head's pieces, see :mod:`.heads`), then the loss terms or the scores.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.structures import ImageList
 from detectron2.utils.registry import Registry
@@ -80,6 +83,16 @@ class PixelOODMethod(nn.Module):
     def lr_factors(self) -> Dict[str, float]:
         """Parameter-name prefix -> learning-rate factor (first match wins; default 1)."""
         return {}
+
+    def data_init_batches(self) -> int:
+        """Training batches the method wants to see in :meth:`initialize_from_data` before the
+        first training step (0: none, the default)."""
+        return 0
+
+    def initialize_from_data(self, head: nn.Module, batches: Iterable[Tuple[Tensor, PixelTargets]]) -> None:
+        """Initialises parameters from ``data_init_batches()`` training batches, each given as
+        (``head.decode(features)`` computed without gradients in eval mode, its PixelTargets);
+        ``batches`` may be iterated more than once."""
 
     def forward(
         self,

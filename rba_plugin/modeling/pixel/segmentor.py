@@ -1,7 +1,7 @@
 """``PixelOODSegmentor``: a per-pixel segmentation network plus a per-pixel OOD method."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode, configurable
@@ -147,6 +147,36 @@ class PixelOODSegmentor(nn.Module):
     def lr_factors(self) -> Dict[str, float]:
         """The method's learning-rate factors by parameter-name prefix."""
         return dict(self.ood_method.lr_factors())
+
+    def data_init_batches(self) -> int:
+        """Training batches the method asks to see before the first step (0: none)."""
+        return self.ood_method.data_init_batches()
+
+    @torch.no_grad()
+    def initialize_from_data(self, batched_inputs: Iterable[List[dict]]) -> None:
+        """Lets the method initialise itself from training batches
+        (:meth:`PixelOODMethod.initialize_from_data`): it receives them as (``head.decode`` of
+        the backbone's features, the batch's targets), computed in eval mode without gradients
+        (BatchNorm statistics untouched), and may pass over them more than once (each pass runs
+        the network again). Called by :class:`rba_plugin.engine.Trainer` before the first step."""
+        batches = list(batched_inputs)
+        segmentor = self
+
+        class _Encoded:
+            def __len__(self) -> int:
+                return len(batches)
+
+            def __iter__(self):
+                for batch in batches:
+                    features = segmentor.backbone(segmentor.preprocess_image(batch).tensor)
+                    yield segmentor.sem_seg_head.decode(features), segmentor.targets(batch)
+
+        was_training = self.training
+        self.eval()
+        try:
+            self.ood_method.initialize_from_data(self.sem_seg_head, _Encoded())
+        finally:
+            self.train(was_training)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Lets a method initialise its new modules from a base checkpoint (RPL's ASPP copy).
