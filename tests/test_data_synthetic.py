@@ -134,6 +134,36 @@ def test_registration_generates_on_first_use(tmp_path):
     assert len(pool) == 4 and all(os.path.exists(r["outlier_mask_file"]) for r in pool)
 
 
+def test_registering_only_an_anomaly_split_generates_only_that_split(tmp_path):
+    prefix = f"synth_{uuid.uuid4().hex[:8]}"
+    other = SynthCityParams(num_train=0, num_val=0, num_anomaly=2, num_outliers=0, seed=8)
+    register_synthcity(str(tmp_path / "second"), other, prefix=prefix, splits=("anomaly",))
+    assert f"{prefix}_anomaly" in DatasetCatalog.list()
+    assert not {f"{prefix}_train", f"{prefix}_val", f"{prefix}_outliers"} & set(DatasetCatalog.list())
+    records = DatasetCatalog.get(f"{prefix}_anomaly")
+    assert len(records) == 2
+    assert all_files(str(tmp_path / "second" / "leftImg8bit")) == []  # no scenes rendered for other splits
+    # Another seed draws other anomalies: image 0 of seed 8 is not image 0 of seed 7 (SMALL).
+    first_seed = make_anomaly_sample(synth_writer._rng(SMALL, "anomaly", 0))[0]
+    image = read(records[0]["file_name"], color=True)[:, :, ::-1]
+    assert image.shape == first_seed.shape and not np.array_equal(image, first_seed)
+    second_seed = make_anomaly_sample(synth_writer._rng(other, "anomaly", 0))[0]
+    np.testing.assert_array_equal(image, second_seed)
+
+
+def test_unknown_split_names_are_refused():
+    with pytest.raises(ValueError, match=r"unknown splits \['test'\]"):
+        register_synthcity("unused", SMALL, prefix="never_registered", splits=("anomaly", "test"))
+    assert "never_registered_anomaly" not in DatasetCatalog.list()
+
+
+def test_the_second_builtin_anomaly_split_uses_another_seed():
+    import rba_plugin.data.builtin  # noqa: F401  (registers the built-in datasets)
+
+    assert MetadataCatalog.get("synthcity_seed1_anomaly").evaluator_type == "ood"
+    assert "synthcity_seed1_train" not in DatasetCatalog.list()
+
+
 def test_anomalies_vary_in_size_and_placement():
     from scipy import ndimage
 

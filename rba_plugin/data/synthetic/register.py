@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -11,7 +11,9 @@ from ..image_io import image_size
 from ..outlier_pool import register_outlier_pool
 from .writer import SynthCityParams, ensure_synthcity
 
-__all__ = ["register_synthcity", "SYNTHCITY_COMPONENT_SIZES"]
+__all__ = ["register_synthcity", "SYNTHCITY_COMPONENT_SIZES", "SYNTHCITY_SPLITS"]
+
+SYNTHCITY_SPLITS = ("train", "val", "anomaly", "outliers")
 
 # SMIYC's anomaly-track size filters (500 / 100 px at 2048 x 1024) scaled to 512 x 256 (1/16).
 SYNTHCITY_COMPONENT_SIZES = (32, 6)
@@ -40,13 +42,21 @@ def _list_sem_seg(root: str, split: str) -> List[dict]:
 
 
 def register_synthcity(root: Optional[Union[str, os.PathLike]] = None, params: Optional[SynthCityParams] = None,
-                       prefix: str = "synthcity") -> None:
+                       prefix: str = "synthcity", splits: Sequence[str] = SYNTHCITY_SPLITS) -> None:
     """Registers ``<prefix>_train``, ``_val`` (sem_seg), ``_anomaly`` (ood) and ``_outliers`` (pool).
 
     ``root`` defaults to ``$DETECTRON2_DATASETS/synthcity`` (resolved at first use). Nothing is read
     or generated until one of them is loaded; the first load generates the data if it is missing
-    or was made by another generator version or with other parameters.
+    or was made by another generator version or with other parameters. ``splits`` limits which of
+    the four are registered (e.g. only ``("anomaly",)`` for a second anomaly split drawn with
+    another ``params.seed``; give the other splits a count of 0 so nothing else is generated).
+
+    Raises:
+        ValueError: a name in ``splits`` is not one of ``SYNTHCITY_SPLITS``.
     """
+    unknown = sorted(set(splits) - set(SYNTHCITY_SPLITS))
+    if unknown:
+        raise ValueError(f"register_synthcity: unknown splits {unknown}; choose from {list(SYNTHCITY_SPLITS)}")
     root = root if root is not None else DatasetPath("synthcity")
     params = params or SynthCityParams()
 
@@ -54,6 +64,8 @@ def register_synthcity(root: Optional[Union[str, os.PathLike]] = None, params: O
         return ensure_synthcity(os.fspath(root), params)
 
     for split in ("train", "val"):
+        if split not in splits:
+            continue
         name = f"{prefix}_{split}"
         DatasetCatalog.register(name, lambda split=split: _list_sem_seg(prepare(), split))
         MetadataCatalog.get(name).set(
@@ -63,6 +75,19 @@ def register_synthcity(root: Optional[Union[str, os.PathLike]] = None, params: O
             stuff_colors=list(CITYSCAPES_STUFF_COLORS),
             image_root=root,
         )
+    if "anomaly" in splits:
+        _register_anomaly_split(root, prefix, prepare)
+    if "outliers" in splits:
+        register_outlier_pool(
+            f"{prefix}_outliers",
+            _Sub(root, "outliers/images"),
+            _Sub(root, "outliers/masks"),
+            image_suffix=".png",
+            prepare=prepare,
+        )
+
+
+def _register_anomaly_split(root: Union[str, os.PathLike], prefix: str, prepare) -> None:
     anomaly_dir = _Sub(root, "anomaly")
     register_anomaly_dataset(
         f"{prefix}_anomaly",
@@ -76,13 +101,6 @@ def register_synthcity(root: Optional[Union[str, os.PathLike]] = None, params: O
         component_sizes=SYNTHCITY_COMPONENT_SIZES,
         prepare=prepare,
         layout="  synthcity/anomaly/images/<id>.png\n  synthcity/anomaly/labels_masks/<id>_labels_semantic.png",
-    )
-    register_outlier_pool(
-        f"{prefix}_outliers",
-        _Sub(root, "outliers/images"),
-        _Sub(root, "outliers/masks"),
-        image_suffix=".png",
-        prepare=prepare,
     )
 
 
