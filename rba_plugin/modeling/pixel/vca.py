@@ -39,6 +39,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d
+from detectron2.utils import comm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -465,15 +466,13 @@ class VCA(PixelOODMethod):
 
 def _all_reduce_sum(*tensors: Tensor) -> None:
     """Sums each tensor over the processes of a distributed run, in place (nothing otherwise)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if comm.get_world_size() > 1:
         for t in tensors:
             torch.distributed.all_reduce(t)
 
 
 def _broadcast_from_first(*tensors: Tensor) -> None:
     """Replaces each tensor by the first process's in a distributed run, in place."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    if comm.get_world_size() > 1:
         for t in tensors:
             torch.distributed.broadcast(t, src=0)
